@@ -1,0 +1,129 @@
+"""Transformer encoder layers: multi-head self-attention, MLP, pre-norm block.
+
+Module and parameter names follow timm's VisionTransformer (``attn.qkv``, ``mlp.fc1``, ``ls1.gamma``, ...) so a
+timm state_dict loads without renaming.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale
+from torch import nn
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6)  # timm's ViT epsilon
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention from queries, keys and values.
+
+    The fused path calls ``F.scaled_dot_product_attention``; the explicit path computes
+    softmax(q k^T / sqrt(hd)) v step by step, gives the same result, and can return the attention weights.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = True  # False -> explicit softmax path (see ``explicit_attention``)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+
+        attn = None
+        if self.fused_attn and not return_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)  # (B, H, N, hd)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = attn.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v  # (B, H, N, hd)
+
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D): heads concatenated
+        x = self.proj_drop(self.proj(x))
+        return (x, attn) if return_attn else x
+
+
+class Mlp(nn.Module):
+    """Feed-forward network: Linear -> GELU -> Linear, applied to every token."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(self.act(self.fc1(x)))  # (B, N, hidden)
+        return self.drop2(self.fc2(x))  # (B, N, D)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)); LayerScale and drop path optional."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_norm: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale_init: float | None = None) -> None:
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
+                              proj_drop=drop)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        attn = None
+        if return_attn:
+            y, attn = self.attn(self.norm1(x), return_attn=True)
+        else:
+            y = self.attn(self.norm1(x))
+        x = x + self.drop_path1(self.ls1(y))  # (B, N, D)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # (B, N, D)
+        return (x, attn) if return_attn else x
+
+
+class SeqPool(nn.Module):
+    """CCT's sequence pooling: softmax(Linear(D, 1)(x)) over the tokens weights their average."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attention = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.attention(x).softmax(dim=1)  # (B, N, 1)
+        return (w.transpose(1, 2) @ x).squeeze(1)  # (B, D)
+
+
+@contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[None]:
+    """Use the explicit softmax path in every ``Attention`` of ``model`` inside the block, then restore."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    saved = [m.fused_attn for m in layers]
+    for m in layers:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, fused in zip(layers, saved):
+            m.fused_attn = fused
