@@ -1,0 +1,33 @@
+"""The fused SDPA path and the explicit softmax path agree; the explicit one returns attention weights."""
+import torch
+
+import vitlab
+from vitlab.models.layers import Attention, explicit_attention
+
+
+def test_sdpa_matches_explicit():
+    torch.manual_seed(0)
+    attn = Attention(64, 4, qk_norm=True).eval()
+    x = torch.randn(3, 17, 64)
+    fused = attn(x)
+    attn.fused_attn = False
+    explicit = attn(x)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    out, weights = attn(x, return_attn=True)
+    assert weights.shape == (3, 4, 17, 17)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 17))
+    torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_model_paths_agree_and_context_restores():
+    model = vitlab.create_model(tokenizer="cct", pool="seq", img_size=32, embed_dim=32, depth=2, num_heads=4,
+                                num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fused = model(x)
+    with explicit_attention(model):
+        explicit = model(x)
+        assert not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+    assert all(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    maps = model.attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 256, 256)
