@@ -1,0 +1,89 @@
+"""Transforms shared by the data modules: uint8 tensor pipelines for small in-memory images and timm's
+ImageNet pipelines for image files."""
+
+import timm.data
+import torch
+from torchvision.transforms import v2
+
+
+def channel_transform(native_chans: int, in_chans: int) -> v2.Transform:
+    """Gray -> RGB by repeating the channel, RGB -> gray with luma weights; identity when they match."""
+    return v2.Identity() if native_chans == in_chans else v2.Grayscale(num_output_channels=in_chans)
+
+
+def small_image_transform(
+    *,
+    native_size: int,
+    native_chans: int,
+    img_size: int,
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    train: bool,
+    crop_padding: int = 4,
+) -> v2.Compose:
+    """Transform for one uint8 image tensor ``(C, H, W)`` of a small-image data set (Fashion-MNIST, CIFAR).
+
+    Train: random crop with zero padding + horizontal flip at the native size, then the eval steps.
+    Eval: channel conversion, to float in [0, 1], resize to ``img_size`` if it differs, normalise.
+
+    Args:
+        native_size: Side of the stored images (28, 32).
+        native_chans: Channels of the stored images.
+        img_size: Output side.
+        in_chans: Output channels.
+        mean: Per-channel mean for the output channels.
+        std: Per-channel std for the output channels.
+        train: Add the random augmentation.
+        crop_padding: Zero padding of the random crop; 0 disables the crop.
+
+    Returns:
+        A transform mapping ``(native_chans, S, S)`` uint8 to ``(in_chans, img_size, img_size)`` float32.
+    """
+    steps: list[v2.Transform] = []
+    if train:
+        if crop_padding > 0:
+            steps.append(v2.RandomCrop(native_size, padding=crop_padding))
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [channel_transform(native_chans, in_chans), v2.ToDtype(torch.float32, scale=True)]
+    if img_size != native_size:
+        steps.append(v2.Resize((img_size, img_size), antialias=True))
+    steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
+
+
+def small_image_predict_transform(
+    *,
+    native_chans: int,
+    img_size: int,
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> v2.Compose:
+    """Eval transform for an arbitrary PIL image (already in the data set's native mode, "L" or "RGB").
+
+    Resizes the short side to ``img_size`` and centre-crops, so the output is square whatever the input.
+    """
+    return v2.Compose([
+        v2.PILToTensor(),  # (native_chans, H, W) uint8
+        v2.Resize(img_size, antialias=True),
+        v2.CenterCrop(img_size),
+        channel_transform(native_chans, in_chans),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def imagenet_transform(
+    *, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool
+):
+    """timm's ImageNet pipeline on PIL images.
+
+    Train: RandomResizedCrop + flip + RandAugment ``rand-m9-mstd0.5-inc1`` + random erasing (p=0.25).
+    Eval: resize to ``img_size / 0.875`` and centre-crop ``img_size``.
+    """
+    if train:
+        return timm.data.create_transform(
+            img_size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mean=mean, std=std
+        )
+    return timm.data.create_transform(img_size, is_training=False, mean=mean, std=std)
