@@ -1,0 +1,74 @@
+"""Export a vitlab patch-tokenizer model as a timm VisionTransformer folder (config.json + model.safetensors).
+
+The folder loads with ``timm.create_model("local-dir:FOLDER")`` or, naming the architecture,
+``timm.create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=...), **model_args)``
+and gives the same logits. Conv-stem and CCT tokenizers and sequence pooling have no timm equivalent.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from .config import ViTConfig
+
+TIMM_ARCH = "vit_base_patch16_224"  # any timm ViT entrypoint: model_args override all of its shapes
+
+
+def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
+    """timm ``VisionTransformer`` keyword arguments for the same architecture, or ValueError naming why not."""
+    if cfg.tokenizer != "patch":
+        raise ValueError(f"tokenizer={cfg.tokenizer!r} has no timm VisionTransformer equivalent; only 'patch' "
+                         f"models export to timm")
+    if cfg.pool == "seq":
+        raise ValueError("pool='seq' has no timm VisionTransformer equivalent; use 'cls' or 'avg' to export")
+    return dict(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, init_values=cfg.layer_scale_init,
+        global_pool="token" if cfg.pool == "cls" else "avg", class_token=cfg.use_class_token,
+        reg_tokens=cfg.num_registers, pos_embed="none" if cfg.pos_embed == "none" else "learn",
+        no_embed_class=cfg.pos_embed == "sincos" or not cfg.pos_embed_prefix,
+    )
+
+
+def to_timm(model: nn.Module) -> nn.Module:
+    """A timm ``VisionTransformer`` holding ``model``'s weights (sin-cos positions become a fixed table)."""
+    args = timm_model_args(model.cfg)
+    ref = timm.create_model(TIMM_ARCH, pretrained=False, **args)
+    state = dict(model.state_dict())
+    if model.cfg.pos_embed == "sincos":
+        state["pos_embed"] = model.pos_embed.detach().clone()
+    ref.load_state_dict(state, strict=True)
+    return ref.eval()
+
+
+def save_timm_folder(model: nn.Module, folder: str | Path, label_names: list[str] | None = None,
+                     mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/config.json`` in timm's hub layout."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = to_timm(model)
+    args = timm_model_args(model.cfg)
+    pretrained_cfg = {
+        "input_size": [model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size],
+        "num_classes": model.cfg.num_classes, "interpolation": "bicubic", "crop_pct": 1.0,
+        "mean": list(mean) if mean else [0.5] * model.cfg.in_chans,
+        "std": list(std) if std else [0.5] * model.cfg.in_chans,
+        "first_conv": "patch_embed.proj", "classifier": "head",
+    }
+    config = {"architecture": TIMM_ARCH, "num_classes": model.cfg.num_classes, "num_features": model.embed_dim,
+              "model_args": args, "pretrained_cfg": pretrained_cfg, "vitlab_config": model.cfg.to_dict()}
+    if label_names:
+        config["label_names"] = list(label_names)
+    tmp = folder / "model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp))
+    tmp.replace(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
