@@ -3,6 +3,7 @@ loose image files for prediction."""
 
 from vitlab.data.base import ImageDataModule
 from vitlab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from vitlab.data.digits import DigitsDataModule
 from vitlab.data.fashion_mnist import FashionMNISTDataModule
 from vitlab.data.image_folder import ImageFolderDataModule, ImageNetDataModule
 from vitlab.data.image_io import ImageDecodeError, load_image
@@ -13,6 +14,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "DigitsDataModule",
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "ImageFilesDataset",
