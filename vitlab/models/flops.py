@@ -78,3 +78,16 @@ def model_stats(cfg: ViTConfig, img_size: int | None = None) -> dict[str, float]
         "gflops": 2 * macs / 1e9,
         "train_gflops": 6 * macs / 1e9,
     }
+
+
+def preset_table(names: list[str] | None = None) -> str:
+    """A Markdown table of presets: tokenizer, input, tokens, params, forward GFLOPs (``vitlab models``)."""
+    from .registry import get_config, list_models
+
+    rows = ["| preset | tokenizer | input | tokens | params (M) | GFLOPs/img (fwd) |", "|---|---|---|---|---|---|"]
+    for name in names or list_models():
+        cfg = get_config(name)
+        s = model_stats(cfg)
+        rows.append(f"| `{name}` | {cfg.tokenizer} | {cfg.in_chans}x{cfg.img_size}x{cfg.img_size} | "
+                    f"{s['tokens']} | {s['params_m']:.2f} | {s['gflops']:.3f} |")
+    return "\n".join(rows)
