@@ -1,0 +1,161 @@
+"""A loader that keeps a small uint8 data set (Fashion-MNIST, CIFAR) on the training device and augments there.
+
+With the whole set in GPU memory (CIFAR-10 train is 150 MB as uint8) a batch is an index into it plus a few batched
+tensor ops - random crop with zero padding, horizontal flip, channel conversion, resize, normalisation - so no
+worker process or host-to-device copy can starve the GPU. The result matches ``small_image_transform``
+(same steps, same order); only the random numbers differ.
+
+Shuffling is seeded and changes every epoch; under DDP each rank takes its own shard of the same permutation
+(padded to equal length, as ``DistributedSampler``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+class DeviceCachedLoader:
+    """Batches ``(images (B, C, H, W) float32, labels (B,) int64)`` made on ``device`` from uint8 images held there.
+
+    Iterating once is one epoch; each new iteration reshuffles (epoch counter advances by itself, or use
+    :meth:`set_epoch`). Same seed, same epoch -> same batches.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 (or ``(N, H, W)`` for one channel).
+        labels: ``(N,)`` integer labels.
+        batch_size: Samples per batch, per process.
+        mean: Per-channel normalisation mean (of the output channels), in [0, 1] units.
+        std: Per-channel normalisation std.
+        train: Shuffle and augment (random crop + flip); False keeps the order and only converts.
+        pad: Zero padding of the random crop; 0 = no crop.
+        flip: Random horizontal flip (train only).
+        device: Where the set lives and batches are made; default the current CUDA device, else CPU.
+        seed: Seed of the shuffling and the augmentation.
+        img_size: Output side (bilinear, antialiased resize after augmentation); None keeps the stored size.
+        in_chans: Output channels (gray <-> RGB as torchvision does); None keeps the stored channels.
+        drop_last: Drop a ragged last batch; default: when training and the shard holds more than one batch.
+        rank: This process's rank; default from ``torch.distributed`` when initialised, else 0.
+        world_size: Number of processes; default from ``torch.distributed`` when initialised, else 1.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True,
+                 device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
+                 in_chans: int | None = None, drop_last: bool | None = None, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"need images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
+                             f"{tuple(labels.shape)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        d_rank, d_world = _dist_rank_world()
+        self.rank = d_rank if rank is None else rank
+        self.world_size = d_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.images = images.to(self.device)  # (N, C, H, W) uint8, once
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size, self.train, self.pad, self.flip, self.seed = batch_size, train, pad, flip, seed
+        self.in_chans = in_chans or images.shape[1]
+        self.img_size = img_size
+        out_c = self.in_chans
+        if len(mean) != out_c or len(std) != out_c:
+            raise ValueError(f"mean and std need {out_c} values (one per output channel), got {mean} and {std}")
+        self.mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, -1, 1, 1)
+        self.epoch = 0
+        self.shard_size = math.ceil(len(self.labels) / self.world_size)
+        self.drop_last = (train and self.shard_size > batch_size) if drop_last is None else drop_last
+
+    @classmethod
+    def from_dataset(cls, dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], **kwargs
+                     ) -> "DeviceCachedLoader":
+        """From a ``vitlab.data.in_memory.TensorImageDataset`` (its ``images``, ``labels``, ``indices``)."""
+        idx = dataset.indices
+        return cls(dataset.images[idx], dataset.labels[idx], batch_size, mean, std, **kwargs)
+
+    def __len__(self) -> int:
+        n = self.shard_size
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle and augmentation of ``epoch`` on the next iteration."""
+        self.epoch = epoch
+
+    def shard_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch`` (same permutation on every rank, padded to equal shards)."""
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        total = self.shard_size * self.world_size
+        if total > n:  # repeat the first samples so every rank gets the same count
+            order = torch.cat([order, order[: total - n]])
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        idx = self.shard_indices(epoch).to(self.device)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + self.rank)
+        for b in range(len(self)):
+            batch = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.transform(self.images[batch], g), self.labels[batch]
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> augmented (when training), converted, normalised float32 images."""
+        if self.train:
+            x = self._augment(x, generator)
+        x = x.float().div_(255)  # (B, C, H, W) in [0, 1]
+        if x.shape[1] != self.in_chans:
+            if self.in_chans == 3:
+                x = x.expand(-1, 3, -1, -1)
+            else:
+                w = torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)
+                x = (x * w).sum(dim=1, keepdim=True)
+        if self.img_size and x.shape[-1] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return (x - self.mean) / self.std
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        dev = x.device
+        if self.pad > 0:  # random crop of the zero-padded image: gather each sample's window
+            p = self.pad
+            xp = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+            oy = torch.randint(0, 2 * p + 1, (B,), device=dev, generator=g)
+            ox = torch.randint(0, 2 * p + 1, (B,), device=dev, generator=g)
+            rows = (oy[:, None] + torch.arange(H, device=dev))[:, :, None]  # (B, H, 1)
+            cols = (ox[:, None] + torch.arange(W, device=dev))[:, None, :]  # (B, 1, W)
+            b = torch.arange(B, device=dev)[:, None, None]
+            x = xp.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+        if self.flip:
+            flip = torch.rand(B, device=dev, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+
+__all__ = ["DeviceCachedLoader"]

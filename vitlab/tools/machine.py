@@ -1,0 +1,175 @@
+"""What the machine can do: device names, bf16 support, default precision and loader workers, matmul peaks.
+
+Small and import-light (torch only), so training code and data modules can use it as well as ``vitlab bench``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+import warnings
+
+import torch
+
+# Data-sheet dense peaks in TFLOP/s (no sparsity): (bf16 tensor core, tf32 tensor core, fp32 non-tensor).
+# Matched against torch.cuda.get_device_name() in order, first hit wins (so "H100 PCIe" before "H100").
+# GeForce bf16 figures are with fp32 accumulation, which is what PyTorch uses.
+DATASHEET_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
+    ("H100 PCIe", (756.0, 378.0, 51.2)),
+    ("H100 NVL", (835.0, 418.0, 60.0)),
+    ("H100", (989.4, 494.7, 66.9)),  # SXM (device name "NVIDIA H100 80GB HBM3")
+    ("H200", (989.4, 494.7, 66.9)),  # same compute as H100 SXM, more memory
+    ("A100", (312.0, 156.0, 19.5)),
+    ("RTX 4090", (165.2, 82.6, 82.6)),
+    ("RTX 3090", (71.0, 35.6, 35.6)),
+]
+
+
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo on Linux (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """ISA flags from /proc/cpuinfo (x86 ``flags``, arm ``Features``); empty when unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 arithmetic units (x86 AVX512-BF16 or AMX, arm BF16).
+
+    Without them bf16 is emulated and far slower than fp32; with them, bf16 autocast can still be slower than
+    fp32 for small models (conversions dominate), so measure before switching.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    found = [getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name)]
+    if found:
+        return any(found)
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cuda_has_bf16() -> bool:
+    """True when a CUDA device is available and does bf16 natively (Ampere or newer), not emulated."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch: no including_emulation argument
+        return torch.cuda.is_bf16_supported()
+
+
+def default_precision() -> str:
+    """Lightning precision for this machine: 'bf16-mixed' on a CUDA GPU with bf16, else '32-true'."""
+    return "bf16-mixed" if cuda_has_bf16() else "32-true"
+
+
+def resolve_precision(requested: str, device: str) -> tuple[str, str | None]:
+    """'fp32' or 'bf16' to run with, and a warning when the request could not be honoured.
+
+    Args:
+        requested: 'auto' (bf16 on a CUDA GPU that has it, else fp32), 'fp32' or 'bf16'.
+        device: 'cpu' or 'cuda'.
+    """
+    if requested not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {requested!r}; choose one of ['auto', 'fp32', 'bf16']")
+    if requested == "fp32":
+        return "fp32", None
+    if device == "cuda":
+        if cuda_has_bf16():
+            return "bf16", None
+        note = None if requested == "auto" else (
+            f"precision bf16 asked, but {torch.cuda.get_device_name()} has no native bf16: using fp32")
+        return "fp32", note
+    if requested == "auto":
+        return "fp32", None
+    if not cpu_has_bf16():
+        return "fp32", f"precision bf16 asked, but this CPU ({cpu_name()}) has no bf16 units: using fp32"
+    return "bf16", None
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per process: the CPUs this process may use minus one for the main process, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus - 1))
+
+
+def default_loader_kwargs() -> dict[str, object]:
+    """DataLoader keyword arguments for this machine: workers, pin_memory on CUDA, persistent workers."""
+    workers = default_num_workers()
+    return {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+
+
+def device_name(device: str | torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3' or the CPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def datasheet_peak_tflops(name: str, precision: str) -> float | None:
+    """Dense data-sheet peak of a known GPU for 'bf16', 'tf32' or 'fp32'; None for unknown devices."""
+    column = {"bf16": 0, "tf32": 1, "fp32": 2}[precision]
+    for key, peaks in DATASHEET_TFLOPS:
+        if key.lower() in name.lower():
+            return peaks[column]
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_tflops(device: str | torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+                          repeats: int = 5, budget_s: float = 2.0) -> float:
+    """Best achieved TFLOP/s of an n x n matmul on ``device``: the practical peak that MFU is measured against.
+
+    Args:
+        device: Where to run.
+        dtype: torch.float32 or torch.bfloat16.
+        n: Matrix side; default 8192 on CUDA, 1024 on CPU.
+        repeats: Timed rounds; the best one counts.
+        budget_s: Stop early once this much time was spent timing (slow CPUs).
+    """
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a @ b  # warm-up: library init, kernel choice
+    synchronize(device)
+    inner = 10 if device.type == "cuda" else 1
+    best, start = 0.0, time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        best = max(best, 2 * n ** 3 * inner / dt / 1e12)
+        if time.perf_counter() - start > budget_s:
+            break
+    return best
+
+
+__all__ = ["cpu_name", "cpu_flags", "cpu_has_bf16", "cuda_has_bf16", "default_precision", "resolve_precision",
+           "default_num_workers", "default_loader_kwargs", "device_name", "datasheet_peak_tflops",
+           "measure_matmul_tflops", "DATASHEET_TFLOPS"]

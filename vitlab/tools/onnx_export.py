@@ -1,0 +1,263 @@
+"""ONNX export (``vitlab export``): dynamic batch and image size for every tokenizer and pooling.
+
+The graph comes from ``torch.export`` (the dynamo ONNX exporter, opset 18), so shapes stay symbolic: the token
+grid is computed from the input's height and width inside the graph, and a learned position table is resampled
+(bicubic, antialiased, as timm's ``resample_abs_pos_embed``) to that grid in the graph too. ``verify_onnx`` runs
+the file with onnxruntime against the eager model.
+
+    vitlab export --model vit_micro_patch4_28 --weights model.safetensors --out model.onnx
+    vitlab export --checkpoint runs/fashion_mnist/version_0/checkpoints/last.ckpt --out model.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import types
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import yaml
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from vitlab.models.config import ViTConfig
+from vitlab.models.pos_embed import sincos_2d
+from vitlab.models.registry import create_model, get_config
+from vitlab.models.vit import VisionTransformer
+
+DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+class OnnxExportError(RuntimeError):
+    """The model could not be exported with dynamic shapes; the message says why and what to change."""
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _export_pos_embed(self: VisionTransformer, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``VisionTransformer._pos_embed`` without the early-out ``tuple(grid) == self.grid``.
+
+    That Python comparison of the (symbolic) grid with the built one makes torch.export specialise the graph to the
+    example image size. Here a learned table is always resampled (bicubic at the same size is the identity) and
+    sin-cos positions are always built from the symbolic grid, so one graph serves every image size.
+    """
+    B = x.shape[0]
+    prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+    if self.pos_embed is None:
+        return torch.cat(prefix + [x], dim=1)
+    if isinstance(self.pos_embed, nn.Parameter):
+        pos = resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=list(self.grid),
+                                     num_prefix_tokens=self.pos_prefix)  # (1, P + N, D)
+    else:
+        pos = sincos_2d(grid, self.embed_dim).to(x)  # (1, N, D)
+    if self.pos_prefix:
+        x = torch.cat(prefix + [x], dim=1) + pos
+    else:
+        x = torch.cat(prefix + [x + pos], dim=1)
+    return self.pos_drop(x)  # (B, P + N, D)
+
+
+@contextlib.contextmanager
+def export_friendly(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every vitlab ``VisionTransformer`` in ``model`` uses the export-safe position step."""
+    vits = [m for m in model.modules() if isinstance(m, VisionTransformer)]
+    for m in vits:
+        m._pos_embed = types.MethodType(_export_pos_embed, m)  # instance attribute shadows the method
+    try:
+        yield model
+    finally:
+        for m in vits:
+            del m._pos_embed
+
+
+def export_onnx(model: nn.Module, path: str | Path, img_size: int | None = None, in_chans: int | None = None,
+                opset: int = 18, batch_size: int = 2) -> Path:
+    """Export ``model`` to ONNX with dynamic batch, height and width; returns the path.
+
+    Args:
+        model: A vitlab ``VisionTransformer`` (or any module taking ``(B, C, H, W)`` images).
+        path: Output ``.onnx`` file (large models also write ``<path>.data``).
+        img_size: Side of the example input; default the model's ``cfg.img_size``.
+        in_chans: Channels of the example input; default the model's ``cfg.in_chans``.
+        opset: ONNX opset; 18 or newer keeps antialiased bicubic resampling of learned positions in the graph.
+        batch_size: Batch of the example input (not 0 or 1, which torch.export would specialise).
+
+    Raises:
+        OnnxExportError: the exporter failed, or the graph came out with a fixed batch, height or width.
+    """
+    cfg: ViTConfig | None = getattr(model, "cfg", None)
+    img_size = img_size or (cfg.img_size if cfg else None)
+    in_chans = in_chans or (cfg.in_chans if cfg else None)
+    if not img_size or not in_chans:
+        raise ValueError("img_size and in_chans are needed for a model without a vitlab cfg")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (torch.export specialises sizes 0 and 1), got {batch_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters(), None)
+    example = torch.randn(batch_size, in_chans, img_size, img_size,
+                          device=param.device if param is not None else "cpu")
+    auto = torch.export.Dim.AUTO
+    was_training = model.training
+    model.eval()
+    log = io.StringIO()
+    try:
+        with export_friendly(model), warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                input_names=["images"], output_names=["logits"],
+                dynamic_shapes=({0: auto, 2: auto, 3: auto},))
+            program.save(str(path))
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OnnxExportError(
+            f"could not export {type(model).__name__} to ONNX: {type(err).__name__}: {first[:500]}. "
+            f"torch.export needs a forward without Python branches on tensor values or on shapes it cannot "
+            f"keep symbolic.") from err
+    finally:
+        model.train(was_training)
+    fixed = _fixed_axes(path)
+    if fixed:
+        path.unlink(missing_ok=True)
+        raise OnnxExportError(
+            f"the exported graph of {type(model).__name__} has fixed {', '.join(fixed)} (the example input's), so "
+            f"it would only run at that size: a Python comparison or int() of an input size in forward specialised "
+            f"it")
+    return path
+
+
+def _fixed_axes(path: Path) -> list[str]:
+    """Names of the dynamic axes that came out as fixed numbers in the graph's input."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [f"{name} (= {dims[axis].dim_value})" for axis, name in DYNAMIC_AXES.items()
+            if dims[axis].HasField("dim_value")]
+
+
+def verify_onnx(path: str | Path, model: nn.Module, shapes: Sequence[tuple[int, int]] = ((1, 0), (3, 0)),
+                atol: float = 1e-4, seed: int = 0) -> float:
+    """Largest |onnxruntime - eager| over random inputs of each ``(batch, image side)``; raises if > ``atol``.
+
+    An image side of 0 means the model's ``cfg.img_size``.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    cfg = getattr(model, "cfg", None)
+    g = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        for batch, side in shapes:
+            side = side or cfg.img_size
+            x = torch.randn(batch, cfg.in_chans if cfg else 3, side, side, generator=g)
+            with torch.no_grad():
+                ref = model.to("cpu")(x).float()
+            out = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+            if out.shape != ref.shape:
+                raise AssertionError(f"onnxruntime gave shape {tuple(out.shape)}, eager {tuple(ref.shape)} "
+                                     f"for input {tuple(x.shape)}")
+            diff = float((out - ref).abs().max())
+            if diff > atol:
+                raise AssertionError(f"onnxruntime and eager differ by {diff:.3g} > {atol} for input "
+                                     f"{tuple(x.shape)}")
+            worst = max(worst, diff)
+    finally:
+        model.train(was_training)
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["embed_dim=128", "tokenizer=conv", "stem_channels=[24,48]"]`` -> config overrides (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_checkpoint_model(path: str | Path, overrides: dict[str, Any] | None = None,
+                          ema: bool = True) -> VisionTransformer:
+    """The model of a Lightning ``.ckpt`` written by ``ImageClassifier``: architecture from its
+    ``hyper_parameters`` (preset + ViTConfig fields), weights from ``state_dict`` (the EMA copy when there is one
+    and ``ema``). Read with ``torch.load(weights_only=True)``: nothing in the file is executed."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read {path} as a checkpoint with torch.load(weights_only=True): "
+                         f"{(str(err).splitlines() or [''])[0]}") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} has no hyper_parameters/state_dict: it is not a Lightning checkpoint; pass "
+                         f"--model PRESET [--set k=v] --weights {path} instead")
+    fields = {k: v for k, v in hp.items() if k in ViTConfig.field_names() and v is not None}
+    cfg = get_config(hp.get("preset"), **{**fields, **(overrides or {})})
+    model = VisionTransformer(cfg)
+    state = ckpt["state_dict"]
+    prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "model."
+    weights = _strip(state, prefix)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights under {prefix!r} do not fit the model of its hyper_parameters: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def build_model(checkpoint: str | None = None, model: str | None = None, overrides: dict[str, Any] | None = None,
+                weights: str | None = None, ema: bool = True) -> VisionTransformer:
+    """A model from a Lightning checkpoint, or from a preset + overrides (+ a weights file)."""
+    if checkpoint:
+        if Path(checkpoint).suffix == ".ckpt":
+            return load_checkpoint_model(checkpoint, overrides, ema=ema)
+        weights = weights or checkpoint  # a plain weights file: the architecture comes from --model/--set
+    return create_model(model, pretrained=weights, **(overrides or {})).eval()
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitlab export", description="Export a vitlab model to ONNX with dynamic "
+                                "batch and image size, and check it against eager with onnxruntime.")
+    src = p.add_argument_group("model")
+    src.add_argument("--checkpoint", help="Lightning .ckpt of `vitlab fit` (architecture from its "
+                     "hyper_parameters), or a weights file (.safetensors/.pth) for --model")
+    src.add_argument("--model", help="preset name (vitlab.list_models())")
+    src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ViTConfig override")
+    src.add_argument("--weights", help="weights file or folder for --model (see vitlab.models.pretrained)")
+    src.add_argument("--no-ema", action="store_true", help="export the trained weights, not the EMA copy")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--img-size", type=int, help="side of the example input (default: the model's img_size)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vitlab export``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    model = build_model(args.checkpoint, args.model, parse_overrides(args.set), args.weights, ema=not args.no_ema)
+    path = export_onnx(model, args.out, img_size=args.img_size, opset=args.opset)
+    print(f"wrote {path} (dynamic batch, height, width; opset {args.opset})")
+    if not args.no_verify:
+        side = model.cfg.img_size
+        other = side + 2 * model.patch_embed.stride  # another grid: positions resampled in the graph
+        diff = verify_onnx(path, model, shapes=((1, side), (3, side), (2, other)))
+        print(f"onnxruntime matches eager at batch 1 and 3, {side} and {other} px: max |diff| = {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
