@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny-model and tiny-data CLI arguments, test-written CIFAR files and image trees.
+
+The writers of real-format files live in tests/data/data_files.py (the data tests' helpers)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))  # data_files
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+# A model small enough for a shared 2-core CPU: 2 blocks of width 32 on a 4x4 grid of 7x7 patches (28 px).
+TINY_MODEL = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",
+              "--model.mlp_ratio", "2", "--model.warmup_epochs", "0.5"]
+CPU_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
+               "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false",
+               "--seed_everything", "0"]
+
+
+def fashion_mnist_data(batch_size: int = 32, train: int = 256, evaluate: int = 128) -> list[str]:
+    """CLI arguments of a small Fashion-MNIST data module reading the Debian files."""
+    return ["--data", "vitlab.data.FashionMNISTDataModule", "--data.data_dir", FASHION_MNIST_DIR,
+            "--data.batch_size", str(batch_size), "--data.num_workers", "0", "--data.val_split", "1000",
+            "--data.train_subset", str(train), "--data.eval_subset", str(evaluate)]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_available() -> None:
+    if not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"Fashion-MNIST not in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    """A small cifar-10-batches-py written in the real format; torchvision's md5 check only checks existence
+    (test files cannot match the real md5 sums) and downloads fail, as offline."""
+    import torchvision.datasets.cifar as tv_cifar
+    from data_files import write_cifar
+
+    original = tv_cifar.check_integrity
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: original(fpath, None))
+
+    def fail(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fail)
+    root = tmp_path / "cifar"
+    root.mkdir()
+    write_cifar(str(root), per_batch=16, n_test=24)
+    return root
+
+
+@pytest.fixture
+def image_folder_root(tmp_path):
+    """``train/`` and ``val/`` with three classes of small RGB/gray PNG and JPEG files."""
+    from data_files import save_image
+
+    root = tmp_path / "tree"
+    for split, n in (("train", 8), ("val", 4)):
+        for cls in ("cat", "dog", "fox"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                mode, ext = (("RGB", "png"), ("L", "png"), ("RGB", "jpg"))[i % 3]
+                save_image(root / split / cls / f"{i}.{ext}", mode, size=(24 + i, 20))
+    return root
+
+
+def pytest_configure(config):
+    # tests call vitlab.cli.main(args) while sys.argv holds pytest's own arguments
+    config.addinivalue_line("filterwarnings", "ignore:LightningCLI's args parameter")

@@ -1,0 +1,296 @@
+"""The image classifier: a vitlab model plus everything training needs, in the order a step runs.
+
+build model (+ EMA copy) -> [mixup/cutmix] -> loss -> metrics -> AdamW with the learning rate scaled by the
+global batch, linear warmup then cosine per step.
+
+Every architecture field of ``ViTConfig`` is a constructor argument, so LightningCLI shows them as ``model.*``
+(``model.preset: vit_micro_patch4_28``, ``model.tokenizer: conv``); an argument left ``None`` keeps the
+preset's value (or ``ViTConfig``'s default when there is no preset).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
+from vitlab.models.registry import PRESETS, get_config
+from vitlab.models.vit import VisionTransformer
+
+Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices on a typo
+
+# wrappers that prefix parameter names (FSDP, activation checkpointing, torch.compile)
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear from 1/warmup_steps to 1 over
+    ``warmup_steps``, then cosine from 1 down to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ImageClassifier(L.LightningModule):
+    """Train, evaluate and predict with a vitlab Vision Transformer.
+
+    Args:
+        preset: A named model from ``vitlab.list_models()``; None starts from ``ViTConfig``'s defaults.
+        pretrained: Weights to load into the model (a .safetensors/.pth file, see ``vitlab.models.pretrained``).
+        tokenizer ... grad_checkpointing: ``ViTConfig`` fields; None keeps the preset's value. ``num_classes``,
+            ``in_chans`` and ``img_size`` are linked from the data module by the CLI.
+        base_lr: Peak learning rate at a global batch of ``base_batch_size``; the peak used is
+            ``base_lr * global_batch / base_batch_size`` (DeiT's rule), global batch = per-process batch x
+            processes x ``accumulate_grad_batches``.
+        base_batch_size: The global batch ``base_lr`` is given for.
+        min_lr: Learning rate at the end of the cosine (not scaled).
+        warmup_epochs: Linear warmup length in epochs (fractions allowed), counted in optimizer steps.
+        weight_decay: AdamW weight decay, except for 1-d parameters (norms, biases) and ``no_weight_decay()``
+            (positions, class and register tokens), which get none.
+        betas: AdamW betas.
+        label_smoothing: Label smoothing of the training loss (also applied to mixup targets).
+        mixup: Mixup alpha; 0 = off.
+        cutmix: CutMix alpha; 0 = off. With either on, a batch gets one of them (50/50 when both are on)
+            and the loss is soft-target cross-entropy.
+        ema_decay: Keep an exponential moving average of the weights with this decay and validate, test and
+            predict with it; None = off.
+        top_k: Classes returned per image by ``predict_step``.
+    """
+
+    def __init__(
+        self,
+        preset: Optional[Preset] = None,
+        pretrained: Optional[str] = None,
+        # ---- architecture (ViTConfig); None = the preset's value
+        tokenizer: Optional[Tokenizer] = None,
+        img_size: Optional[int] = None,
+        patch_size: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        num_classes: Optional[int] = None,
+        embed_dim: Optional[int] = None,
+        depth: Optional[int] = None,
+        num_heads: Optional[int] = None,
+        mlp_ratio: Optional[float] = None,
+        pool: Optional[Pool] = None,
+        num_registers: Optional[int] = None,
+        pos_embed: Optional[PosEmbed] = None,
+        drop_rate: Optional[float] = None,
+        attn_drop_rate: Optional[float] = None,
+        drop_path_rate: Optional[float] = None,
+        layer_scale_init: Optional[float] = None,
+        qk_norm: Optional[bool] = None,
+        qkv_bias: Optional[bool] = None,
+        class_token: Optional[bool] = None,
+        pos_embed_prefix: Optional[bool] = None,
+        stem_channels: Optional[tuple[int, ...]] = None,
+        cct_layers: Optional[int] = None,
+        cct_kernel: Optional[int] = None,
+        grad_checkpointing: Optional[bool] = None,
+        # ---- optimisation
+        base_lr: float = 5e-4,
+        base_batch_size: int = 512,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 5.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        # ---- regularisation
+        label_smoothing: float = 0.1,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        ema_decay: Optional[float] = None,
+        # ---- prediction
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        # saved into checkpoints; logged under "model/" in setup(), as the data module's hparams share names
+        # (img_size, in_chans) with different meanings (a request vs the resolved value)
+        self.save_hyperparameters(logger=False)
+        _check("base_lr", base_lr, low=0.0, low_open=True)
+        _check("min_lr", min_lr, low=0.0)
+        _check("warmup_epochs", warmup_epochs, low=0.0)
+        _check("weight_decay", weight_decay, low=0.0)
+        _check("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        _check("mixup", mixup, low=0.0)
+        _check("cutmix", cutmix, low=0.0)
+        if ema_decay is not None:
+            _check("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True)
+        for name, value in (("base_batch_size", base_batch_size), ("top_k", top_k)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+        # 1. the model: preset + overrides (ViTConfig validates every field)
+        overrides = {k: v for k, v in self.hparams.items() if k in ViTConfig.field_names() and v is not None}
+        self.cfg: ViTConfig = get_config(preset, **overrides)
+        if self.cfg.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 for a classifier, got {self.cfg.num_classes}")
+        self.model = VisionTransformer(self.cfg)
+        if pretrained:
+            from vitlab.models.pretrained import load_pretrained
+            load_pretrained(self.model, pretrained)
+        # names (relative to self.model) of the parameters without weight decay, fixed before any wrapping
+        skip = self.model.no_weight_decay()
+        self.no_decay_names = {n for n, p in self.model.named_parameters() if p.ndim <= 1 or n in skip}
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = ModelEmaV3(self.model, decay=ema_decay).requires_grad_(False)
+
+        # 2. losses: mixup/cutmix -> soft targets (smoothing folded in), else smoothed hard targets
+        K = self.cfg.num_classes
+        self.mixup_fn = None
+        if mixup > 0 or cutmix > 0:
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                                  num_classes=K)
+            self.train_loss = SoftTargetCrossEntropy()
+        else:
+            self.train_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_loss = nn.CrossEntropyLoss()
+
+        # 3. metrics: one collection, cloned per stage so each keeps its own state (synced under DDP)
+        metrics = {"acc1": MulticlassAccuracy(K, top_k=1, average="micro")}
+        if K >= 5:
+            metrics["acc5"] = MulticlassAccuracy(K, top_k=5, average="micro")
+        metrics = MetricCollection(metrics)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+        self.lr: float | None = None  # the scaled peak learning rate, set in configure_optimizers
+        self.global_batch_size: int | None = None
+
+    # ---------------------------------------------------------------- forward
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for validation, test and prediction: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (B, K)
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, C, H, W), (B,)
+        target = y
+        if self.mixup_fn is not None:
+            if len(x) % 2:  # timm mixes a batch with its flip, which needs an even size
+                x, y = x[:-1], y[:-1]
+            x, target = self.mixup_fn(x, y)  # target: (B, K) soft labels
+        logits = self.model(x)  # (B, K)
+        loss = self.train_loss(logits, target)
+        self.train_metrics.update(logits, y)  # on the (possibly mixed) inputs, against their main label
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
+        x, y = batch
+        logits = self.eval_model(x)  # (B, K)
+        loss = self.eval_loss(logits, y)
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(x))
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
+        return {"loss": loss, "preds": logits.argmax(-1), "target": y}  # for the confusion-matrix callback
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """``(images, indices)`` -> ``{"index" (B,), "classes" (B, k), "probs" (B, k)}``, best first."""
+        if batch is None:  # every file of this batch failed to decode
+            return None
+        x, index = batch
+        probs = self.eval_model(x).float().softmax(-1)  # (B, K)
+        top = probs.topk(min(self.hparams.top_k, probs.shape[-1]), dim=-1)
+        return {"index": index, "classes": top.indices, "probs": top.values}
+
+    # ---------------------------------------------------------------- EMA
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # after each real optimizer step (not each accumulated micro-batch)
+            self.ema.update(self.model, step=self.trainer.global_step + 1)  # step 1 copies the weights
+
+    def setup(self, stage: str) -> None:
+        params = {f"model/{k}": v for k, v in self.hparams.items()}
+        params.update({f"model/resolved/{k}": v for k, v in self.cfg.to_dict().items()})
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
+            raise ValueError("ema_decay is not supported with FSDP (the EMA copy would be sharded); "
+                             "use DDP or set model.ema_decay null")
+
+    # ---------------------------------------------------------------- optimiser and schedule
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups ``decay`` and ``no_decay`` (1-d parameters, positions, tokens), by parameter name."""
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            for prefix in _WRAPPER_PREFIXES:
+                name = name.replace(prefix, "")
+            (no_decay if name in self.no_decay_names else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches  # loads the train loader; respects max_steps, limits
+        if not math.isfinite(total_steps):
+            raise ValueError("the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps")
+        accumulate = trainer.accumulate_grad_batches
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulate))
+
+        # 1. peak lr from the global batch
+        per_process = getattr(trainer.train_dataloader, "batch_size", None)
+        if per_process is None:
+            per_process = getattr(trainer.datamodule, "batch_size", None)
+        if per_process is None:
+            raise ValueError("cannot tell the per-process batch size to scale base_lr: use a data module "
+                             "with a batch_size attribute or a DataLoader with batch_size")
+        self.global_batch_size = per_process * trainer.world_size * accumulate
+        self.lr = hp.base_lr * self.global_batch_size / hp.base_batch_size
+        rank_zero_info(f"lr = base_lr {hp.base_lr:g} x global batch {self.global_batch_size} "
+                       f"({per_process} x {trainer.world_size} processes x {accumulate} accumulated) "
+                       f"/ {hp.base_batch_size} = {self.lr:.4g}")
+
+        # 2. AdamW; fused kernels on CUDA, foreach elsewhere
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(self.param_groups(hp.weight_decay), lr=self.lr, betas=tuple(hp.betas),
+                                      fused=fused or None, foreach=None if fused else True)
+
+        # 3. warmup then cosine, per optimizer step
+        warmup_steps = round(hp.warmup_epochs * steps_per_epoch)
+        schedule = partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=int(total_steps),
+                           min_ratio=min(1.0, hp.min_lr / self.lr))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _check(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number in [low, high) (or (low, high))."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g})'}"
+        raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
+
+
+__all__ = ["ImageClassifier", "warmup_cosine"]
