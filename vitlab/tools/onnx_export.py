@@ -119,24 +119,47 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | None = None,
             f"keep symbolic.") from err
     finally:
         model.train(was_training)
-    fixed = _fixed_axes(path)
-    if fixed:
+    problem = _fixed_axes(path) or _run_elsewhere(path, batch_size + 1, in_chans, img_size + 2 * _stride(model))
+    if problem:
         path.unlink(missing_ok=True)
+        Path(f"{path}.data").unlink(missing_ok=True)
         raise OnnxExportError(
-            f"the exported graph of {type(model).__name__} has fixed {', '.join(fixed)} (the example input's), so "
-            f"it would only run at that size: a Python comparison or int() of an input size in forward specialised "
-            f"it")
+            f"the ONNX graph of {type(model).__name__} only works at the example input's size: {problem}. A Python "
+            f"branch on an input size (e.g. `if H == 224`, `int(x.shape[-1])`) in forward specialised it; make the "
+            f"shape code symbolic (see timm.layers.is_exporting)")
     return path
 
 
-def _fixed_axes(path: Path) -> list[str]:
-    """Names of the dynamic axes that came out as fixed numbers in the graph's input."""
+def _stride(model: nn.Module) -> int:
+    """Pixels per token of a vitlab tokenizer (another valid image size is a multiple of it away), else 8."""
+    return int(getattr(getattr(model, "patch_embed", None), "stride", 8))
+
+
+def _fixed_axes(path: Path) -> str:
+    """Which dynamic axes came out as fixed numbers in the graph's input ('' when none)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return [f"{name} (= {dims[axis].dim_value})" for axis, name in DYNAMIC_AXES.items()
-            if dims[axis].HasField("dim_value")]
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    fixed = [f"{name} = {dims[axis].dim_value}" for axis, name in DYNAMIC_AXES.items()
+             if dims[axis].HasField("dim_value")]
+    return f"fixed {', '.join(fixed)}" if fixed else ""
+
+
+def _run_elsewhere(path: Path, batch: int, in_chans: int, side: int) -> str:
+    """Run the graph with onnxruntime at another batch and image size; '' when it works, else why not.
+
+    torch.export keeps a specialised shape symbolic in the graph's input and drops the guard, so a fixed size
+    shows only when the graph runs at another one.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, in_chans, side, side).numpy()
+    try:
+        out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    except Exception as err:
+        return f"at input {tuple(x.shape)} onnxruntime fails: {(str(err).splitlines() or [''])[0][:300]}"
+    return "" if out.shape[0] == batch else f"batch {batch} gave outputs of batch {out.shape[0]}"
 
 
 def verify_onnx(path: str | Path, model: nn.Module, shapes: Sequence[tuple[int, int]] = ((1, 0), (3, 0)),

@@ -1,0 +1,53 @@
+"""vitlab bench end-to-end on a tiny config on CPU (1-2 steps): throughputs, ratios, MFU, memory, Lightning."""
+import json
+import warnings
+
+import pytest
+
+from vitlab.tools import bench, machine
+
+TINY = ["--set", "img_size=16", "--set", "patch_size=4", "--set", "in_chans=1", "--set", "num_classes=4",
+        "--set", "embed_dim=32", "--set", "depth=1", "--set", "num_heads=2"]
+FAST = ["--batch-size", "4", "--repeats", "2", "--steps", "1", "--warmup", "1", "--device", "cpu", "--quiet"]
+
+
+def test_bench_vs_timm_with_lightning_overhead(tmp_path):
+    out = tmp_path / "bench.json"
+    r = bench.main(TINY + FAST + ["--lightning-overhead", "--out", str(out)])
+    assert json.loads(out.read_text())["ratios"] == r["ratios"]
+    assert r["device"]["type"] == "cpu" and r["device"]["name"] and r["precision"] == "fp32"
+    assert r["flops"]["forward_gflops_per_img"] > 0 and r["peak"]["matmul_tflops"] > 0
+    for mode in ("train", "infer"):
+        for impl in ("vitlab", "timm"):
+            row = r[mode][impl]
+            assert row["img_s"] > 0 and len(row["img_s_runs"]) == 2
+            assert 0 < row["mfu"] <= 1 and row["mfu_datasheet"] is None
+        assert r["ratios"][f"{mode} vitlab/timm"] > 0
+    assert r["peak_rss_mb"] > 0
+    lt = r["lightning"]
+    assert lt["fit_s"] > 0 and lt["bare_s"] > 0 and lt["ratio"] == pytest.approx(lt["fit_s"] / lt["bare_s"])
+
+
+def test_conv_tokenizer_benches_alone_with_a_note():
+    r = bench.main(TINY + FAST + ["--set", "tokenizer=conv", "--no-train"])
+    assert set(r["infer"]) == {"vitlab"} and r["ratios"] == {}
+    assert any("no timm comparison" in n for n in r["notes"])
+
+
+def test_bf16_on_a_cpu_without_bf16_warns_and_uses_fp32(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no bf16 units"):
+        r = bench.main(TINY + FAST + ["--precision", "bf16", "--no-train", "--no-timm"])
+    assert r["precision"] == "fp32" and r["requested_precision"] == "bf16" and r["infer"]["vitlab"]["img_s"] > 0
+    assert machine.resolve_precision("auto", "cpu") == ("fp32", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert machine.default_precision() in ("bf16-mixed", "32-true")
+    assert machine.default_num_workers() >= 0 and isinstance(machine.cpu_has_bf16(), bool)
+
+
+def test_datasheet_peaks():
+    assert machine.datasheet_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4)
+    assert machine.datasheet_peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert machine.datasheet_peak_tflops("NVIDIA GeForce RTX 4090", "bf16") == pytest.approx(165.2)
+    assert machine.datasheet_peak_tflops("Intel Xeon", "fp32") is None
