@@ -317,7 +317,8 @@ def save_overlays(model: nn.Module, images: torch.Tensor, out_dir: str | Path, m
             for ax in axes.flat:
                 ax.set_axis_off()
             for l in range(L):
-                show_overlay(axes.flat[l], shown[i], layers[i, l], title=f"layers 1-{l + 1}")
+                label = "block 1" if l == 0 else f"blocks 1-{l + 1}"
+                show_overlay(axes.flat[l], shown[i], layers[i, l], title=label)
             fig.tight_layout()
             path = out_dir / f"{name}_layers.png"
             fig.savefig(path, dpi=100)
