@@ -32,8 +32,23 @@ TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {}
 
 
 
+class _Parser(LightningArgumentParser):
+    """On a bad argument, one usage line (not the hundred-line usage of every option) before jsonargparse's
+    ``error: ...`` line; ``--help`` is unchanged."""
+
+    def print_usage(self, file: Any = None) -> None:
+        prog = self.prog.replace(" [options]", "")
+        (file or sys.stderr).write(f"usage: {prog} [-h] [-c CONFIG ...] [--KEY VALUE ...]\n")
+
+
 class VitlabCLI(LightningCLI):
     """LightningCLI with vitlab's run folder, links and default callbacks."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as e:  # a bad value the parser's types let through (e.g. base_lr: -1)
+            self._parser(self.subcommand).error(str(e))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=Optional[str], default=None,
@@ -109,7 +124,8 @@ def main(args: list[str] | None = None) -> int:
         ImageClassifier,
         ImageDataModule,
         subclass_mode_data=True,
-        auto_configure_optimizers=False,  # ImageClassifier owns its optimiser and schedule
+        auto_configure_optimizers=False,
+        parser_class=_Parser,  # ImageClassifier owns its optimiser and schedule
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "vitlab", "description": "Train, evaluate and predict with vitlab Vision Transformers. "

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -112,10 +112,9 @@ class RunPlots(Callback):
         self.last_matrix = self.confmat.compute()  # all-reduced across processes
         self.last_epoch = trainer.current_epoch
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run_dir = trainer.log_dir
-        if run_dir is None:
+        run_dir = trainer.log_dir  # a broadcast under DDP: every process asks
+        if run_dir is None or not trainer.is_global_zero:
             return
         os.makedirs(run_dir, exist_ok=True)
         written = []
@@ -167,10 +166,12 @@ class PredictionWriter(BasePredictionWriter):
             index = torch.cat([g[0] for g in gathered])
             classes = torch.cat([g[1] for g in gathered])
             probs = torch.cat([g[2] for g in gathered])
+        run_dir = trainer.log_dir  # a broadcast under DDP: every process asks
         if trainer.is_global_zero:
-            self._write(trainer, index, classes, probs)
+            self._write(trainer, run_dir, index, classes, probs)
 
-    def _write(self, trainer: L.Trainer, index: torch.Tensor, classes: torch.Tensor, probs: torch.Tensor) -> None:
+    def _write(self, trainer: L.Trainer, run_dir: str | None, index: torch.Tensor, classes: torch.Tensor,
+               probs: torch.Tensor) -> None:
         dm = trainer.datamodule
         files = list(getattr(dm, "predict_files", []) or [])
         names = list(getattr(dm, "classes", []) or [])
@@ -186,7 +187,7 @@ class PredictionWriter(BasePredictionWriter):
             for c, p in zip(classes[row].tolist(), probs[row].tolist()):
                 line += [names[c] if c < len(names) else str(c), c, f"{p:.4f}"]
             table.append(line)
-        self.path = self.output or os.path.join(trainer.log_dir or ".", "predictions.csv")
+        self.path = self.output or os.path.join(run_dir or ".", "predictions.csv")
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "w", newline="") as f:
             writer = csv.writer(f)
