@@ -89,3 +89,15 @@ def test_channels_and_resize(data):
     assert x.shape == (8, 3, 16, 16) and torch.equal(x[:, 0], x[:, 2])
     with pytest.raises(ValueError, match="uint8"):
         DeviceCachedLoader(images.float(), labels, 8, (0.0,) * 3, (1.0,) * 3, train=False, device="cpu")
+
+
+@pytest.mark.gpu
+def test_on_cuda_matches_cpu_eval(data):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    x_cpu = torch.cat([x for x, _ in loader(data, train=False)])
+    x_gpu = torch.cat([x for x, _ in loader(data, train=False, device="cuda")])
+    assert x_gpu.is_cuda
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu)
+    xb, yb = next(iter(loader(data, device="cuda")))
+    assert xb.is_cuda and yb.is_cuda and xb.shape == (8, C, S, S)

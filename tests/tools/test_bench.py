@@ -51,3 +51,15 @@ def test_datasheet_peaks():
     assert machine.datasheet_peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
     assert machine.datasheet_peak_tflops("NVIDIA GeForce RTX 4090", "bf16") == pytest.approx(165.2)
     assert machine.datasheet_peak_tflops("Intel Xeon", "fp32") is None
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_bf16_compile():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    args = TINY + ["--batch-size", "8", "--repeats", "2", "--steps", "2", "--warmup", "2", "--device", "cuda",
+                   "--precision", "auto", "--compile", "--onnx", "--lightning-overhead", "--quiet"]
+    r = bench.main(args)
+    assert r["device"]["type"] == "cuda" and r["train"]["vitlab"]["peak_mem_mb"] > 0
+    assert r["infer"]["onnxruntime"]["device"] == "cpu" and "train vitlab/timm compiled" in r["ratios"]
