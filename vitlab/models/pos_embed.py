@@ -6,7 +6,7 @@ when sin-cos, None when off.
 from __future__ import annotations
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import is_exporting, resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 
 
@@ -18,7 +18,7 @@ def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
 def resample(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
              num_prefix: int) -> torch.Tensor:
     """Bicubic resampling of a (1, P + gh*gw, D) table to a new grid, the P prefix rows kept as they are."""
-    if tuple(new_grid) == tuple(old_grid):
+    if tuple(new_grid) == tuple(old_grid) and not is_exporting():
         return pos_embed
     return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid),
                                   num_prefix_tokens=num_prefix)  # (1, P + N', D)

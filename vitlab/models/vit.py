@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.layers import is_exporting
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -117,7 +118,7 @@ class VisionTransformer(nn.Module):
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if self.pos_embed is None:
             return torch.cat(prefix + [x], dim=1)
-        if tuple(grid) == self.grid:
+        if tuple(grid) == self.grid and not is_exporting():  # exporting: keep the graph symbolic in H, W
             pos = self.pos_embed
         elif isinstance(self.pos_embed, nn.Parameter):
             pos = resample(self.pos_embed, grid, self.grid, self.pos_prefix)  # run at another image size

@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import types
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import yaml
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitlab.models.config import ViTConfig
-from vitlab.models.pos_embed import sincos_2d
 from vitlab.models.registry import create_model, get_config
 from vitlab.models.vit import VisionTransformer
 
@@ -36,42 +33,6 @@ class OnnxExportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- export
-def _export_pos_embed(self: VisionTransformer, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``VisionTransformer._pos_embed`` without the early-out ``tuple(grid) == self.grid``.
-
-    That Python comparison of the (symbolic) grid with the built one makes torch.export specialise the graph to the
-    example image size. Here a learned table is always resampled (bicubic at the same size is the identity) and
-    sin-cos positions are always built from the symbolic grid, so one graph serves every image size.
-    """
-    B = x.shape[0]
-    prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
-    if self.pos_embed is None:
-        return torch.cat(prefix + [x], dim=1)
-    if isinstance(self.pos_embed, nn.Parameter):
-        pos = resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=list(self.grid),
-                                     num_prefix_tokens=self.pos_prefix)  # (1, P + N, D)
-    else:
-        pos = sincos_2d(grid, self.embed_dim).to(x)  # (1, N, D)
-    if self.pos_prefix:
-        x = torch.cat(prefix + [x], dim=1) + pos
-    else:
-        x = torch.cat(prefix + [x + pos], dim=1)
-    return self.pos_drop(x)  # (B, P + N, D)
-
-
-@contextlib.contextmanager
-def export_friendly(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every vitlab ``VisionTransformer`` in ``model`` uses the export-safe position step."""
-    vits = [m for m in model.modules() if isinstance(m, VisionTransformer)]
-    for m in vits:
-        m._pos_embed = types.MethodType(_export_pos_embed, m)  # instance attribute shadows the method
-    try:
-        yield model
-    finally:
-        for m in vits:
-            del m._pos_embed
-
-
 def export_onnx(model: nn.Module, path: str | Path, img_size: int | None = None, in_chans: int | None = None,
                 opset: int = 18, batch_size: int = 2) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width; returns the path.
@@ -104,7 +65,7 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | None = None,
     model.eval()
     log = io.StringIO()
     try:
-        with export_friendly(model), warnings.catch_warnings(), contextlib.redirect_stdout(log):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=opset, verbose=False,
