@@ -266,3 +266,24 @@ def test_cli_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no image files"):
         main(["--model", "vit_micro_patch4_28", "--image-dir", str(tmp_path / "empty")])
+
+
+def test_checkpoint_of_the_training_module(tmp_path):
+    """Key names and hyper-parameters as ``ImageClassifier`` (with EMA) saves them; data module from
+    ``_class_path``, its statistics converted to the model's channels; nothing outside vitlab.data is looked up."""
+    from vitlab.data.stats import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, stats_for_channels
+
+    training = pytest.importorskip("vitlab.training.module")
+    module = training.ImageClassifier(preset="vit_micro_patch4_28", depth=1, embed_dim=16, num_heads=2,
+                                      ema_decay=0.9)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": {"_class_path": "vitlab.data.CIFAR10DataModule", "in_chans": 1}}
+    torch.save(ckpt, tmp_path / "a.ckpt")
+    model, info = load_checkpoint(tmp_path / "a.ckpt")
+    assert model.cfg == module.cfg and torch.equal(model.head.weight, module.ema.module.head.weight)
+    assert (tuple(info["mean"]), tuple(info["std"])) == stats_for_channels(CIFAR10_MEAN, CIFAR10_STD, 1)
+    assert info["classes"] == CIFAR10_CLASSES
+    ckpt["datamodule_hyper_parameters"] = {"_class_path": "os.system"}
+    torch.save(ckpt, tmp_path / "b.ckpt")
+    assert load_checkpoint(tmp_path / "b.ckpt")[1] == {}
+

@@ -195,13 +195,11 @@ def to_pixels(relevance: torch.Tensor, tokenizer: nn.Module, img_hw: tuple[int, 
     stride, rf, offset = receptive_field_geometry(tokenizer)
     rel = relevance.float()[:, None]  # (B, 1, gh, gw)
     ones = torch.ones(1, 1, rf, rf, dtype=rel.dtype, device=rel.device)
-    spread = F.conv_transpose2d(rel, ones, stride=stride)  # (B, 1, (gh-1)*s+rf, (gw-1)*s+rf); index 0 = pixel offset
+    spread = F.conv_transpose2d(rel, ones, stride=stride)  # (B, 1, (gh-1)s+rf, (gw-1)s+rf), [0, 0] = pixel offset
     count = F.conv_transpose2d(torch.ones_like(rel[:1]), ones, stride=stride)  # tokens seeing each pixel
-    # place index 0 at pixel `offset`: pad/crop so the result covers pixels 0..H-1, 0..W-1
-    def place(t: torch.Tensor) -> torch.Tensor:
-        h, w = t.shape[-2:]
-        return F.pad(t, (offset, W - (offset + w), offset, H - (offset + h)))  # negative pads crop
-    spread, count = place(spread), place(count)
+    h, w = spread.shape[-2:]
+    pads = (offset, W - offset - w, offset, H - offset - h)  # left, right, top, bottom; negative pads crop
+    spread, count = F.pad(spread, pads), F.pad(count, pads)  # (B, 1, H, W): [0, 0] = pixel 0
     return (spread / count.clamp(min=1))[:, 0]  # (B, H, W)
 
 
@@ -368,36 +366,36 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
 def _data_info(ckpt: dict, path: Path, in_chans: int) -> dict:
     """Normalisation and class names of the data a checkpoint was trained on, where they can be found.
 
-    In order: the checkpoint's ``datamodule_hyper_parameters`` (``mean``/``std``/``classes`` if stored), then
-    the run folder's ``config.yaml`` (``runs/<name>/version_N/config.yaml`` next to ``checkpoints/``): its
-    ``data.class_path`` names the data module, whose native statistics and classes are used.
+    The data module's class comes from the checkpoint's ``datamodule_hyper_parameters["_class_path"]``
+    (LightningCLI stores it), else from the run folder's ``config.yaml`` (``data.class_path``; the checkpoint in
+    ``runs/<name>/version_N/checkpoints/``). Only classes of ``vitlab.data`` are looked up (nothing named in a
+    file gets imported); their native statistics, converted to ``in_chans``, and their class names (where they
+    are fixed, not read from a folder) are returned. ``mean``/``std``/``classes`` stored in the data module's
+    hyper-parameters win. Returns ``{}`` when nothing is found.
     """
-    info: dict = {}
-    dm = ckpt.get("datamodule_hyper_parameters") or {}
-    for key in ("mean", "std", "classes"):
-        if dm.get(key) is not None:
-            info[key] = dm[key]
-    if "mean" in info and "std" in info:
-        return info
-    for cfg_path in (path.parent.parent / "config.yaml", path.parent / "config.yaml"):
-        if cfg_path.is_file():
-            try:
-                import importlib
+    import vitlab.data
+    from vitlab.data.stats import stats_for_channels
 
-                import yaml
-                data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
-                module, _, name = str(data.get("class_path", "")).rpartition(".")
-                cls = getattr(importlib.import_module(module or "vitlab.data"), name)
-                from vitlab.data.stats import stats_for_channels
-                info["mean"], info["std"] = stats_for_channels(cls.native_mean, cls.native_std, in_chans)
-                if "classes" not in info:
-                    try:
-                        info["classes"] = list(cls.classes.fget(None))
-                    except Exception:  # classes read from the data folder: leave them out
-                        pass
-            except Exception:  # an unreadable or foreign config: fall back to the defaults
-                pass
-            break
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    class_path = dm.get("_class_path")
+    if not class_path:
+        for cfg_path in (path.parent.parent / "config.yaml", path.parent / "config.yaml"):
+            if cfg_path.is_file():
+                try:
+                    import yaml
+                    class_path = ((yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}).get("class_path")
+                except Exception:  # unreadable or foreign config: no data info
+                    pass
+                break
+    info: dict = {}
+    cls = getattr(vitlab.data, str(class_path or "").rpartition(".")[2], None)
+    if isinstance(cls, type) and issubclass(cls, vitlab.data.ImageDataModule) and cls.native_mean:
+        info["mean"], info["std"] = stats_for_channels(cls.native_mean, cls.native_std, in_chans)
+        try:
+            info["classes"] = list(cls.classes.fget(None))
+        except Exception:  # classes read from the data folder at runtime: leave them out
+            pass
+    info.update({k: dm[k] for k in ("mean", "std", "classes") if dm.get(k) is not None})
     return info
 
 
