@@ -17,7 +17,9 @@ SMALL = {
     "01_tokenizers.ipynb": dict(n_channels=2, table_presets=["vit_micro_patch4_28", "vit_micro_conv4_28",
                                                              "cct_micro_28", "cct_7_3x1_32"]),
     "02_attention_maps.ipynb": dict(train_steps=3, batch_size=16, depth=1, n_images=2),
+    "03_finetune.ipynb": dict(pretrain_samples=512, pretrain_epochs=1, finetune_epochs=1, train_subset=128),
 }
+MIN_PLOTS = {"01_tokenizers.ipynb": 4, "02_attention_maps.ipynb": 4, "03_finetune.ipynb": 1}
 
 
 def inject_parameters(nb, params: dict) -> None:
@@ -62,12 +64,15 @@ def test_notebooks_are_committed_without_outputs():
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_notebook_runs_and_shows_plots(name, tmp_path):
-    nb = execute(name, {"data_dir": str(tmp_path), **SMALL[name]})  # data from Debian's fashion-mnist package
-    assert len(outputs(nb, "image/png")) >= 4, f"{name} showed too few plots"
+    params = {"data_dir": str(tmp_path), "workdir": str(tmp_path / "work"), **SMALL[name]}
+    nb = execute(name, params)  # data from Debian's fashion-mnist package
+    assert len(outputs(nb, "image/png")) >= MIN_PLOTS[name], f"{name} showed too few plots"
     assert f"KERNEL_PREFIX={sys.prefix}" in stdout(nb), "the notebook kernel is not this environment's Python"
     if name.startswith("01"):
         table = outputs(nb, "text/markdown")[0]["data"]["text/markdown"]
         assert "cct_7_3x1_32" in table and "| 13 / 4 |" in table
+    if name.startswith("03"):
+        assert "max |vitlab - timm|" in stdout(nb) and "resampled" in stdout(nb)
 
 
 @pytest.mark.notebook
