@@ -79,7 +79,7 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     assert val_dir != fit_dir
     assert last_value(val_dir, "val/acc1") == pytest.approx(val_acc, abs=1e-6)
 
-    assert cli.main(["test", "-c", str(config), "--ckpt_path", str(best)]) == 0
+    assert cli.main(["test", "-c", str(config), "--ckpt_path", "best"]) == 0  # the newest run's best checkpoint
     test_dir = run_folder(runs, "fm")
     metrics = read_epoch_metrics(str(test_dir / "metrics.csv"))
     assert 0.0 <= last_value(test_dir, "test/acc1") <= last_value(test_dir, "test/acc5") <= 1.0
@@ -179,6 +179,12 @@ def test_print_config_shows_linked_and_defaults(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "preset: vit_micro_conv4_28" in out and "monitor: val/acc1" in out and "runs_dir: runs" in out
+
+
+def test_best_or_last_without_a_run_names_where_it_looked(tmp_path, capsys):
+    err = one_line_error(capsys, ["test", "--data", "FashionMNISTDataModule", "--runs_dir", str(tmp_path),
+                                  "--run_name", "none", "--ckpt_path", "best"])
+    assert "no best checkpoint under" in err and str(tmp_path) in err
 
 
 def test_tool_subcommands_are_dispatched_before_lightning(monkeypatch):

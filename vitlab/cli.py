@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,7 +30,6 @@ from vitlab.training.module import ImageClassifier
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
 TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {}
-
 
 
 class _Parser(LightningArgumentParser):
@@ -69,8 +69,13 @@ class VitlabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        name = config.run_name or _default_run_name(config)
+        if self.subcommand in ("validate", "test", "predict") and config.ckpt_path in ("best", "last"):
+            try:
+                config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
+            except ValueError as e:
+                self._parser(self.subcommand).error(str(e))
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder
-            name = config.run_name or _default_run_name(config)
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                  "init_args": {"save_dir": config.runs_dir, "name": name}},
@@ -89,6 +94,22 @@ class VitlabCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
+
+
+def find_checkpoint(runs_dir: str, name: str, which: str) -> str:
+    """``last.ckpt`` or the best ``val/acc1`` checkpoint of the newest ``runs_dir/name/version_N`` that has
+    checkpoints, so ``vitlab test -c CONFIG --ckpt_path best`` works in a new process after ``vitlab fit``."""
+    root = Path(runs_dir) / name
+    versions = sorted(root.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    for folder in reversed(versions):
+        if which == "last" and (folder / "last.ckpt").is_file():
+            return str(folder / "last.ckpt")
+        scored = [(float(m.group(1)), p) for p in folder.glob("*.ckpt")
+                  if (m := re.search(r"val_acc1(\d+\.\d+)", p.name))]
+        if which == "best" and scored:
+            return str(max(scored)[1])
+    raise ValueError(f"ckpt_path={which!r}: no {which} checkpoint under {root}/version_*/checkpoints/ "
+                     f"(run `vitlab fit` with the same run_name and runs_dir first, or give a path)")
 
 
 def _default_run_name(config: Any) -> str:
