@@ -134,6 +134,10 @@ def _share_run_folder(trainer: Trainer) -> None:
     trainer.loggers = loggers
 
 
+_DESCRIPTION = ("Train, evaluate and predict with vitlab Vision Transformers. "
+                "Configs compose: -c data.yaml -c model.yaml -c trainer.yaml.")
+
+
 def main(args: list[str] | None = None) -> int:
     """Run ``vitlab`` with ``args`` (default: the command line); returns the exit code."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -149,8 +153,8 @@ def main(args: list[str] | None = None) -> int:
         parser_class=_Parser,  # ImageClassifier owns its optimiser and schedule
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "vitlab", "description": "Train, evaluate and predict with vitlab Vision Transformers. "
-                                      "Configs compose: -c data.yaml -c model.yaml -c trainer.yaml."},
+        parser_kwargs={"prog": "vitlab", "description": _DESCRIPTION + (
+            f" Tools (each with its own --help): {', '.join(sorted(TOOLS))}." if TOOLS else "")},
     )
     return 0
 
