@@ -29,7 +29,23 @@ from vitlab.training.callbacks import PredictionWriter, RunPlots
 from vitlab.training.module import ImageClassifier
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
-TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {}
+def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
+    """A subcommand that imports ``vitlab.tools.<module>`` only when it runs; its ``main(argv)`` result is not
+    an exit code (bench/compare return their results), so success is 0."""
+    def run(argv: list[str]) -> int:
+        from importlib import import_module
+        result = import_module(f"vitlab.tools.{module}").main(argv)
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    return run
+
+
+TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
+    "bench": _tool("bench"),                   # vitlab vs timm throughput, FLOPs, MFU, Lightning overhead
+    "export": _tool("onnx_export"),            # ONNX with dynamic batch and image size
+    "attention": _tool("attention"),           # attention-rollout overlays for images and a checkpoint
+    "compare": _tool("compare"),               # patch vs conv vs cct over seeds, report folder
+    "finetune-proof": _tool("finetune_proof"),  # pretrain on Fashion-MNIST, fine-tune vs scratch on digits
+}
 
 
 class _Parser(LightningArgumentParser):
