@@ -26,11 +26,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
 from vitlab.models.registry import PRESETS, get_config
 from vitlab.models.vit import VisionTransformer
+from vitlab.training.finetune import apply_trainable, clean_name, lr_scale
 
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices on a typo
 
-# wrappers that prefix parameter names (FSDP, activation checkpointing, torch.compile)
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -65,6 +64,12 @@ class ImageClassifier(L.LightningModule):
             and the loss is soft-target cross-entropy.
         ema_decay: Keep an exponential moving average of the weights with this decay and validate, test and
             predict with it; None = off.
+        layer_decay: Layer-wise lr decay: block i trains at ``layer_decay ** (depth - i)`` of the lr, the
+            head at the full lr (BEiT); None = off. See ``vitlab.training.finetune``.
+        freeze: ``"backbone"`` = linear probe: only the head trains.
+        unfreeze_every_epochs: Gradual unfreezing: head first, one more block from the top every this many
+            epochs. With DDP, use ``strategy: ddp_find_unused_parameters_true``.
+        tokenizer_warmup_steps: Train only the tokenizer and positions for this many steps (after a transplant).
         top_k: Classes returned per image by ``predict_step``.
     """
 
@@ -109,6 +114,11 @@ class ImageClassifier(L.LightningModule):
         mixup: float = 0.0,
         cutmix: float = 0.0,
         ema_decay: Optional[float] = None,
+        # ---- fine-tuning
+        layer_decay: Optional[float] = None,
+        freeze: Literal["none", "backbone"] = "none",
+        unfreeze_every_epochs: Optional[float] = None,
+        tokenizer_warmup_steps: int = 0,
         # ---- prediction
         top_k: int = 5,
     ) -> None:
@@ -125,6 +135,14 @@ class ImageClassifier(L.LightningModule):
         _check("cutmix", cutmix, low=0.0)
         if ema_decay is not None:
             _check("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True)
+        if layer_decay is not None:
+            _check("layer_decay", layer_decay, low=0.0, high=1.0 + 1e-9, low_open=True)
+        if unfreeze_every_epochs is not None:
+            _check("unfreeze_every_epochs", unfreeze_every_epochs, low=0.0, low_open=True)
+        if freeze not in ("none", "backbone"):
+            raise ValueError(f"freeze must be 'none' or 'backbone', got {freeze!r}")
+        if not isinstance(tokenizer_warmup_steps, int) or tokenizer_warmup_steps < 0:
+            raise ValueError(f"tokenizer_warmup_steps must be an integer >= 0, got {tokenizer_warmup_steps!r}")
         for name, value in (("base_batch_size", base_batch_size), ("top_k", top_k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -236,18 +254,36 @@ class ImageClassifier(L.LightningModule):
             raise ValueError("ema_decay is not supported with FSDP (the EMA copy would be sharded); "
                              "use DDP or set model.ema_decay null")
 
+    # ---------------------------------------------------------------- what trains when (fine-tuning)
+    def _freezing(self) -> bool:
+        hp = self.hparams
+        return hp.freeze != "none" or bool(hp.unfreeze_every_epochs) or hp.tokenizer_warmup_steps > 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._freezing():
+            hp = self.hparams
+            apply_trainable(self.model, self.cfg.depth, step=self.trainer.global_step,
+                            epoch=self.trainer.current_epoch, freeze=hp.freeze,
+                            unfreeze_every_epochs=hp.unfreeze_every_epochs,
+                            tokenizer_warmup_steps=hp.tokenizer_warmup_steps)
+
     # ---------------------------------------------------------------- optimiser and schedule
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups ``decay`` and ``no_decay`` (1-d parameters, positions, tokens), by parameter name."""
-        decay, no_decay = [], []
+        """AdamW groups by (weight decay, lr scale): no decay for 1-d parameters, positions and tokens; with
+        ``layer_decay`` one lr scale per layer. Frozen parameters stay in (no gradient: AdamW skips them), so
+        unfreezing needs no new optimiser."""
+        groups: dict[tuple[bool, float], dict[str, Any]] = {}
         for name, p in self.model.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad and not self._freezing():
                 continue
-            for prefix in _WRAPPER_PREFIXES:
-                name = name.replace(prefix, "")
-            (no_decay if name in self.no_decay_names else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+            name = clean_name(name)
+            no_decay = name in self.no_decay_names
+            scale = lr_scale(name, self.cfg.depth, self.hparams.layer_decay)
+            group = groups.setdefault((no_decay, scale), {
+                "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale,
+                "name": ("no_decay" if no_decay else "decay") + (f"_x{scale:.3g}" if scale != 1.0 else "")})
+            group["params"].append(p)
+        return list(groups.values())
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -273,7 +309,10 @@ class ImageClassifier(L.LightningModule):
 
         # 2. AdamW; fused kernels on CUDA, foreach elsewhere
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(self.param_groups(hp.weight_decay), lr=self.lr, betas=tuple(hp.betas),
+        groups = self.param_groups(hp.weight_decay)
+        for group in groups:
+            group["lr"] = self.lr * group["lr_scale"]  # LambdaLR scales each group's own initial lr
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(hp.betas),
                                       fused=fused or None, foreach=None if fused else True)
 
         # 3. warmup then cosine, per optimizer step

@@ -1,0 +1,80 @@
+"""Fine-tuning controls with real Trainers: layer-wise lr decay, linear probe, gradual unfreezing, tokenizer
+warmup after a transplant."""
+import lightning as L
+import pytest
+import torch
+from conftest import FASHION_MNIST_DIR
+
+from vitlab.data import FashionMNISTDataModule
+from vitlab.training import ImageClassifier
+from vitlab.training.finetune import layer_id
+
+TINY = dict(embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
+            num_classes=10, base_lr=0.05, warmup_epochs=0.0)
+
+
+def fit(model: ImageClassifier, tmp_path, **trainer_kwargs) -> dict[str, torch.Tensor]:
+    """Train ``model`` and return the parameters it had before."""
+    before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+    data = FashionMNISTDataModule(data_dir=FASHION_MNIST_DIR, batch_size=16, num_workers=0, val_split=1000,
+                                  train_subset=64, eval_subset=16, augment=False)
+    kwargs = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  default_root_dir=tmp_path, limit_val_batches=0)
+    L.Trainer(**{**kwargs, **trainer_kwargs}).fit(model, datamodule=data)
+    return before
+
+
+def changed(model: ImageClassifier, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])}
+
+
+def test_layer_decay_groups_scale_lr_by_depth(tmp_path):
+    model = ImageClassifier(**TINY, layer_decay=0.5)
+    fit(model, tmp_path, max_steps=1)
+    opt = model.trainer.optimizers[0]
+    peak = model.lr
+    by_param = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
+    names = dict(model.model.named_parameters())
+    assert by_param[id(names["head.weight"])] == pytest.approx(peak)
+    assert by_param[id(names["blocks.2.mlp.fc1.weight"])] == pytest.approx(peak * 0.5)
+    assert by_param[id(names["blocks.0.mlp.fc1.weight"])] == pytest.approx(peak * 0.5 ** 3)
+    assert by_param[id(names["patch_embed.proj.weight"])] == pytest.approx(peak * 0.5 ** 4)
+    assert layer_id("_orig_mod.blocks.1.attn.qkv.weight", 3) == 2  # names inside torch.compile still match
+
+
+def test_linear_probe_trains_only_the_head(tmp_path):
+    model = ImageClassifier(**TINY, freeze="backbone")
+    before = fit(model, tmp_path, max_steps=3)
+    assert changed(model, before) == {"head.weight", "head.bias"}
+
+
+def test_gradual_unfreezing_one_block_per_epoch(tmp_path):
+    model = ImageClassifier(**TINY, unfreeze_every_epochs=1.0)
+    before = fit(model, tmp_path, max_epochs=1)  # epoch 0: head, final norm only
+    assert {n.split(".")[0] for n in changed(model, before)} == {"head", "norm"}
+    model2 = ImageClassifier(**TINY, unfreeze_every_epochs=1.0)
+    model2.model.load_state_dict(model.model.state_dict())
+    before = fit(model2, tmp_path, max_epochs=2)  # epoch 1 unfreezes the last block
+    blocks = {n.split(".")[1] for n in changed(model2, before) if n.startswith("blocks.")}
+    assert blocks == {"2"}
+    assert not any(n.startswith("patch_embed") for n in changed(model2, before))
+
+
+def test_tokenizer_warmup_then_everything(tmp_path):
+    conv = {**TINY, "tokenizer": "conv", "patch_size": 4}
+    model = ImageClassifier(**conv, tokenizer_warmup_steps=2)
+    before = fit(model, tmp_path, max_steps=2)
+    assert {layer_id(n, 3) for n in changed(model, before)} == {0}  # tokenizer, positions, class token
+    model2 = ImageClassifier(**conv, tokenizer_warmup_steps=1)
+    before = fit(model2, tmp_path, max_steps=3)
+    assert "blocks.0.attn.qkv.weight" in changed(model2, before) and "head.weight" in changed(model2, before)
+
+
+def test_bad_finetune_values():
+    with pytest.raises(ValueError, match="freeze must be 'none' or 'backbone', got 'all'"):
+        ImageClassifier(**TINY, freeze="all")
+    with pytest.raises(ValueError, match="layer_decay"):
+        ImageClassifier(**TINY, layer_decay=0.0)
+    with pytest.raises(ValueError, match="tokenizer_warmup_steps"):
+        ImageClassifier(**TINY, tokenizer_warmup_steps=-1)
