@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from .config import ViTConfig

@@ -5,12 +5,13 @@ Small and import-light (torch only), so training code and data modules can use i
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import time
 import warnings
 
 import torch
+
+from vitlab.data.base import default_num_workers  # noqa: F401  (one rule for loader workers)
 
 # Data-sheet dense peaks in TFLOP/s (no sparsity): (bf16 tensor core, tf32 tensor core, fp32 non-tensor).
 # Matched against torch.cuda.get_device_name() in order, first hit wins (so "H100 PCIe" before "H100").
@@ -101,12 +102,6 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str | None]:
     if not cpu_has_bf16():
         return "fp32", f"precision bf16 asked, but this CPU ({cpu_name()}) has no bf16 units: using fp32"
     return "bf16", None
-
-
-def default_num_workers() -> int:
-    """DataLoader workers per process: the CPUs this process may use minus one for the main process, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus - 1))
 
 
 def default_loader_kwargs() -> dict[str, object]:
