@@ -63,3 +63,16 @@ def test_bench_on_cuda_bf16_compile():
     r = bench.main(args)
     assert r["device"]["type"] == "cuda" and r["train"]["vitlab"]["peak_mem_mb"] > 0
     assert r["infer"]["onnxruntime"]["device"] == "cpu" and "train vitlab/timm compiled" in r["ratios"]
+
+
+def test_bf16_on_cpu_follows_a_measurement(monkeypatch):
+    """bf16 on a CPU is used only where bf16 matmuls are measured at least as fast as fp32; else a warning."""
+    from vitlab.tools import machine
+    assert isinstance(machine.cpu_bf16_is_fast(), bool)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: False)
+    precision, note = machine.resolve_precision("bf16", "cpu")
+    assert precision == "fp32" and "slower than fp32" in note
+    monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: True)
+    assert machine.resolve_precision("bf16", "cpu") == ("bf16", None)
+    assert machine.resolve_precision("auto", "cpu") == ("fp32", None)

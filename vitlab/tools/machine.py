@@ -65,6 +65,27 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_fast(size: int = 512, repeats: int = 5) -> bool:
+    """True when a bf16 matmul on this CPU is at least as fast as fp32 (measured once, ~0.1 s).
+
+    CPUs can report bf16 units (AVX512-BF16, AMX) that a virtual machine does not expose or that torch does not
+    use; then bf16 runs emulated, several times slower than fp32. Timing says what flags cannot.
+    """
+    if not cpu_has_bf16():
+        return False
+    a32 = torch.randn(size, size)
+    a16 = a32.bfloat16()
+    times = {}
+    for name, a in (("fp32", a32), ("bf16", a16)):
+        a @ a  # warm-up
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ a
+        times[name] = time.perf_counter() - t
+    return times["bf16"] <= times["fp32"]
+
+
 def cuda_has_bf16() -> bool:
     """True when a CUDA device is available and does bf16 natively (Ampere or newer), not emulated."""
     if not torch.cuda.is_available():
@@ -101,6 +122,9 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str | None]:
         return "fp32", None
     if not cpu_has_bf16():
         return "fp32", f"precision bf16 asked, but this CPU ({cpu_name()}) has no bf16 units: using fp32"
+    if not cpu_bf16_is_fast():
+        return "fp32", (f"precision bf16 asked, but bf16 matmuls on this CPU ({cpu_name()}) are slower than fp32 "
+                        f"(emulated): using fp32")
     return "bf16", None
 
 
