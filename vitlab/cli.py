@@ -11,6 +11,8 @@ A run writes everything into one folder, ``<runs_dir>/<run_name>/version_N/``: T
 """
 from __future__ import annotations
 
+import csv
+import os
 import re
 import sys
 import warnings
@@ -22,11 +24,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.training.callbacks import PredictionWriter, RunPlots
-from vitlab.training.module import ImageClassifier
+from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
+from vitlab.training.module import ImageClassifier, NonFiniteLossError
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
 def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
@@ -58,7 +62,21 @@ class _Parser(LightningArgumentParser):
 
 
 class VitlabCLI(LightningCLI):
-    """LightningCLI with vitlab's run folder, links and default callbacks."""
+    """LightningCLI with vitlab's run folder, links and default callbacks.
+
+    Reliability defaults: checkpoints are written atomically (:class:`AtomicCheckpointIO`, unless
+    ``trainer.plugins`` names another CheckpointIO); ``last.ckpt`` is refreshed every ``last_every_n_steps``
+    steps (or ``last_every_minutes``) and after each validation; the global random states are checkpointed;
+    ``fit --ckpt_path last|best`` resumes the newest run into its own folder; checkpoints are read with
+    ``weights_only=True`` and checked before the run starts.
+    """
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except (NonFiniteLossError, NonFiniteCheckpointError) as e:  # a diverged run: one line, exit code 1
+            sys.stderr.write(f"vitlab {subcommand}: error: {e}\n")
+            raise SystemExit(1) from None
 
     def instantiate_classes(self) -> None:
         try:
@@ -70,6 +88,11 @@ class VitlabCLI(LightningCLI):
         parser.add_argument("--run_name", type=Optional[str], default=None,
                             help="Run folder name under runs_dir (default: <data>_<preset or tokenizer>).")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run folders are made.")
+        parser.add_argument("--last_every_n_steps", type=Optional[int], default=None,
+                            help="Write last.ckpt (what --ckpt_path last resumes) every N training steps, "
+                                 "besides after each validation; wins over last_every_minutes.")
+        parser.add_argument("--last_every_minutes", type=Optional[float], default=10.0,
+                            help="Write last.ckpt after this many minutes of training since the last write.")
         # the data decides what the model's input and output look like
         for key in ("num_classes", "in_chans", "img_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
@@ -86,23 +109,55 @@ class VitlabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = config.run_name or _default_run_name(config)
-        if self.subcommand in ("validate", "test", "predict") and config.ckpt_path in ("best", "last"):
-            try:
-                config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
-            except ValueError as e:
-                self._parser(self.subcommand).error(str(e))
+        steps, minutes = config.get("last_every_n_steps"), config.get("last_every_minutes")
+        if steps is not None and steps < 1:
+            self._parser(self.subcommand).error(f"last_every_n_steps must be an integer >= 1, got {steps!r}")
+        if minutes is not None and not minutes > 0:
+            self._parser(self.subcommand).error(f"last_every_minutes must be a number > 0, got {minutes!r}")
+        version = None
+        if self.subcommand in ("fit", "validate", "test", "predict") and config.get("ckpt_path"):
+            if config.ckpt_path in ("best", "last"):
+                try:
+                    config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
+                except ValueError as e:
+                    if self.subcommand != "fit" or config.ckpt_path != "last":
+                        self._parser(self.subcommand).error(str(e))
+                    print(f"vitlab fit: no last.ckpt under {Path(config.runs_dir) / name}, starting from scratch",
+                          file=sys.stderr)
+                    config.ckpt_path = None
+            if config.ckpt_path is not None:
+                try:
+                    check_checkpoint(config.ckpt_path)
+                except ValueError as e:
+                    self._parser(self.subcommand).error(str(e))
+                if self.subcommand == "fit":  # resume into the run folder the checkpoint came from
+                    version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
+        if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
+            config.weights_only = True
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": config.runs_dir, "name": name}},
+                 "init_args": {"save_dir": config.runs_dir, "name": name, "version": version}},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
                  "init_args": {"save_dir": config.runs_dir, "name": name}},
             ]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
-        extra = [LearningRateMonitor(logging_interval="step"), RunPlots(), PredictionWriter()]
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        extra = [LearningRateMonitor(logging_interval="step"), RunPlots(), PredictionWriter(), ResumeState()]
+        best = self._get(self.config_init, "checkpoint", default=None)
+        if isinstance(best, ModelCheckpoint) and best.save_last:  # last.ckpt comes from LastCheckpoint instead
+            best.save_last = False
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            extra.append(LastCheckpoint(dirpath=best.dirpath, every_n_train_steps=config.get("last_every_n_steps"),
+                                        every_minutes=config.get("last_every_minutes")))
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        given = kwargs.get("callbacks", trainer_config.get("callbacks")) or []  # trainer.callbacks from the config
+        kwargs["callbacks"] = (list(given) if isinstance(given, (list, tuple)) else [given]) + extra
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # trainer.logger false: nothing to plot the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
@@ -110,6 +165,30 @@ class VitlabCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise ``ValueError`` (one line, naming the file) unless ``path`` is a complete checkpoint that
+    ``torch.load(weights_only=True)`` reads: a truncated file, or a pickle that would run code, stops here."""
+    if "://" in str(path):
+        return  # remote: Lightning loads it with weights_only=True
+    if not os.path.isfile(path):
+        raise ValueError(f"ckpt_path {path!r} does not exist")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # UnpicklingError, a truncated zip, ...: never retried with weights_only=False
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"refusing checkpoint {path!r}: torch.load(weights_only=True) cannot read it, so it is "
+                         f"truncated, not a checkpoint, or its pickle would run code (nothing was executed): "
+                         f"{reason}") from None
+
+
+def _run_version(ckpt_path: str, run_root: Path) -> Optional[int]:
+    """N when ``ckpt_path`` is ``run_root/version_N/checkpoints/*.ckpt``, else None (a new version)."""
+    folder = Path(ckpt_path).resolve().parent.parent
+    if folder.parent == run_root.resolve() and re.fullmatch(r"version_\d+", folder.name):
+        return int(folder.name.split("_")[1])
+    return None
 
 
 def find_checkpoint(runs_dir: str, name: str, which: str) -> str:
@@ -146,8 +225,19 @@ def _share_run_folder(trainer: Trainer) -> None:
         if isinstance(lg, CSVLogger) and (lg.save_dir, lg.name) == (tb.save_dir, tb.name) and lg._version is None:
             lg = CSVLogger(save_dir=tb.save_dir, name=tb.name, version=tb.version, prefix=lg._prefix,
                            flush_logs_every_n_steps=lg._flush_logs_every_n_steps)
+            _keep_csv_columns(lg)
         loggers.append(lg)
     trainer.loggers = loggers
+
+
+def _keep_csv_columns(logger: CSVLogger) -> None:
+    """A resumed run appends to its metrics.csv: start from the file's columns, so the first write (which
+    rewrites the file when columns are added) keeps every old column."""
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        logger.experiment.metrics_keys = sorted(set(header))
 
 
 _DESCRIPTION = ("Train, evaluate and predict with vitlab Vision Transformers. "

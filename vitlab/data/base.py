@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.predict import ImageFilesDataset, collate_skip_none
+from vitlab.data.resumable import ResumableDataLoader, SeededSampler
 from vitlab.data.stats import stats_for_channels
 
 
@@ -184,23 +185,28 @@ class ImageDataModule(L.LightningDataModule):
             rank_zero_warn(f"predict_dir {self.predict_dir!r} holds no image files")
 
     def _loader(self, dataset: Dataset | None, name: str, train: bool = False, **kwargs) -> DataLoader:
+        """A loader over ``dataset``; the training one is a :class:`ResumableDataLoader` (exact mid-epoch
+        resume, augmentation seeded per sample). Every loader has its own generator, so creating one never
+        draws from the global random state that dropout and mixup use."""
         if dataset is None:
             raise RuntimeError(f"no {name} set: call setup() with the matching stage first")
-        drop_last = False
-        if train:
-            if len(dataset) < self.batch_size:
-                rank_zero_warn(f"batch_size={self.batch_size} exceeds the {len(dataset)} training samples")
-            drop_last = len(dataset) > self.batch_size  # no ragged last batch, but never an empty epoch
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            **kwargs,
-        )
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.seed), **kwargs)
+        if not train:
+            return DataLoader(dataset, shuffle=False, **common)
+        if len(dataset) == 0:
+            raise ValueError(f"the training set is empty (data_dir={self.data_dir!r})")
+        if len(dataset) < self.batch_size:
+            rank_zero_warn(f"batch_size={self.batch_size} exceeds the {len(dataset)} training samples: "
+                           f"each epoch is one batch of {len(dataset)}")
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # the order's seed: the one given to seed_everything (torch's initial seed), saved in checkpoints
+        sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                seed=torch.initial_seed() % 2**63)
+        drop_last = len(sampler) > self.batch_size  # no ragged last batch, but never an empty epoch
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=drop_last, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", train=True)

@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -29,6 +29,11 @@ from vitlab.models.vit import VisionTransformer
 from vitlab.training.finetune import apply_trainable, clean_name, lr_scale
 
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices on a typo
+MAX_CONSECUTIVE_SKIPS = 20  # nonfinite="skip" stops a run whose loss stays non-finite this many steps
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite; the message names the step, the epoch, the batch and the value."""
 
 
 
@@ -71,6 +76,10 @@ class ImageClassifier(L.LightningModule):
             epochs. With DDP, use ``strategy: ddp_find_unused_parameters_true``.
         tokenizer_warmup_steps: Train only the tokenizer and positions for this many steps (after a transplant).
         top_k: Classes returned per image by ``predict_step``.
+        nonfinite: What a NaN or infinite training loss does: ``"stop"`` ends training with an error naming
+            the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
+            ``train/skipped_steps``, stopping only after ``MAX_CONSECUTIVE_SKIPS`` skips in a row. Either way no
+            broken weights reach a checkpoint.
     """
 
     def __init__(
@@ -121,6 +130,8 @@ class ImageClassifier(L.LightningModule):
         tokenizer_warmup_steps: int = 0,
         # ---- prediction
         top_k: int = 5,
+        # ---- reliability
+        nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         # saved into checkpoints; logged under "model/" in setup(), as the data module's hparams share names
@@ -139,6 +150,8 @@ class ImageClassifier(L.LightningModule):
             _check("layer_decay", layer_decay, low=0.0, high=1.0 + 1e-9, low_open=True)
         if unfreeze_every_epochs is not None:
             _check("unfreeze_every_epochs", unfreeze_every_epochs, low=0.0, low_open=True)
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         if freeze not in ("none", "backbone"):
             raise ValueError(f"freeze must be 'none' or 'backbone', got {freeze!r}")
         if not isinstance(tokenizer_warmup_steps, int) or tokenizer_warmup_steps < 0:
@@ -185,6 +198,8 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
+        self.skipped_steps = 0  # non-finite losses skipped (nonfinite="skip"), kept in checkpoints
+        self._skips_in_a_row = 0
         self.lr: float | None = None  # the scaled peak learning rate, set in configure_optimizers
         self.global_batch_size: int | None = None
 
@@ -198,7 +213,7 @@ class ImageClassifier(L.LightningModule):
         return self.model(x)  # (B, K)
 
     # ---------------------------------------------------------------- steps
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch  # (B, C, H, W), (B,)
         target = y
         if self.mixup_fn is not None:
@@ -207,11 +222,44 @@ class ImageClassifier(L.LightningModule):
             x, target = self.mixup_fn(x, y)  # target: (B, K) soft labels
         logits = self.model(x)  # (B, K)
         loss = self.train_loss(logits, target)
+        if self._nonfinite(loss, batch_idx):
+            return None  # Lightning skips backward and the optimizer step
         self.train_metrics.update(logits, y)  # on the (possibly mixed) inputs, against their main label
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
+        """True when this step is to be skipped; raises ``NonFiniteLossError`` when training must stop."""
+        bad = not bool(torch.isfinite(loss).all())  # one host sync per step (the progress bar does one anyway)
+        if self.trainer.world_size > 1:  # every process skips, or none does (one would wait for the others)
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self._skips_in_a_row = 0
+            return False
+        where = (f"step {self.trainer.global_step} (epoch {self.trainer.current_epoch}, batch {batch_idx}): "
+                 f"training loss is {loss.item()}")
+        if self.hparams.nonfinite == "stop":
+            raise NonFiniteLossError(f"{where}; training stopped, checkpoints already written are unchanged. "
+                                     "Lower model.base_lr, raise warmup, check the data for NaN/inf, or set "
+                                     "model.nonfinite: skip to skip such steps")
+        self.skipped_steps += 1
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            raise NonFiniteLossError(f"{where}; {self._skips_in_a_row} steps in a row were non-finite, so "
+                                     "training stopped (nonfinite: skip gives up after "
+                                     f"{MAX_CONSECUTIVE_SKIPS})")
+        rank_zero_warn(f"{where}; step skipped (no update), {self.skipped_steps} skipped so far")
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False,
+                 batch_size=1)
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
         x, y = batch
@@ -332,4 +380,4 @@ def _check(name: str, value: Any, low: float, high: float | None = None, low_ope
         raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
 
 
-__all__ = ["ImageClassifier", "warmup_cosine"]
+__all__ = ["ImageClassifier", "NonFiniteLossError", "warmup_cosine"]
