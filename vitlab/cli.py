@@ -30,7 +30,7 @@ import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10
 from vitlab.data.base import ImageDataModule
 from vitlab.training.callbacks import PredictionWriter, RunPlots
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
-from vitlab.training.module import ImageClassifier, NonFiniteLossError
+from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
 def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
@@ -60,6 +60,49 @@ class _Parser(LightningArgumentParser):
         prog = self.prog.replace(" [options]", "")
         (file or sys.stderr).write(f"usage: {prog} [-h] [-c CONFIG ...] [--KEY VALUE ...]\n")
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:
+        super().error(one_line_error(message), ex)
+
+
+def one_line_error(message: str) -> str:
+    """jsonargparse's multi-line error as one line naming the key and the value: a union (``Optional[int]``, a
+    data-module class) lists every member's complaint; keep the ones that are not "expected None"."""
+    link = re.match(r"argument (\S+) --> (\S+):", message)
+    if link:  # a value for a linked key, e.g. model.num_classes
+        return (f"{link.group(2)} is set from {link.group(1)} (the data decides it): leave {link.group(2)} out "
+                f"and set {link.group(1).split('.')[0]} options instead")
+    if "Does not validate against any of the Union subtypes" not in message:
+        return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    lines = [line.strip() for line in message.splitlines()]
+    top = re.match(r'Parser key "([^"]+)"', lines[0])
+    given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
+    errors: list[list[str]] = []
+    inside = False
+    for line in lines:
+        if line == "Errors:":
+            inside = True
+        elif line.startswith("Given value"):
+            inside = False
+        elif inside and line.startswith("- "):
+            errors.append([line[2:]])
+        elif inside and errors and line:
+            errors[-1].append(line)
+    parts = []
+    for error in errors:
+        if "NoneType" in error[0]:
+            continue
+        text = " ".join(e for e in error if not e.startswith("Problem with given class_path"))
+        inner = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
+        if inner and top:
+            text = f"{top.group(1)}.{inner.group(1)}: {inner.group(2)}"
+        elif top:
+            text = f"{top.group(1)}: {text}"
+        parts.append(text)
+    result = "; ".join(parts) or " ".join(lines)
+    if given is not None and len(given) < 80 and "Got value" not in result and " got " not in result:
+        result += f" (got {given})"
+    return result
+
 
 class VitlabCLI(LightningCLI):
     """LightningCLI with vitlab's run folder, links and default callbacks.
@@ -77,6 +120,8 @@ class VitlabCLI(LightningCLI):
         except (NonFiniteLossError, NonFiniteCheckpointError) as e:  # a diverged run: one line, exit code 1
             sys.stderr.write(f"vitlab {subcommand}: error: {e}\n")
             raise SystemExit(1) from None
+        except CheckpointMismatchError as e:  # ckpt_path does not fit the config and data: a usage error
+            self._parser(subcommand).error(f"ckpt_path {self.config[subcommand].ckpt_path}: {e}")
 
     def instantiate_classes(self) -> None:
         try:
@@ -106,6 +151,29 @@ class VitlabCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,  # the "/" of val/acc1 would make a folder
         })
 
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``best``/``last`` to the newest run's file and check the file (complete, no code in its pickle)
+        before Lightning reads the model's hyperparameters from it."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if config is not None and config.get("ckpt_path"):
+            name = config.run_name or _default_run_name(config)
+            if config.ckpt_path in ("best", "last"):
+                try:
+                    config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
+                except ValueError as e:
+                    if subcommand != "fit" or config.ckpt_path != "last":
+                        self._parser(subcommand).error(str(e))
+                    print(f"vitlab fit: no last.ckpt under {Path(config.runs_dir) / name}, starting from scratch",
+                          file=sys.stderr)
+                    config.ckpt_path = None
+            if config.ckpt_path is not None:
+                try:
+                    check_checkpoint(config.ckpt_path)
+                except ValueError as e:
+                    self._parser(subcommand).error(str(e))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = config.run_name or _default_run_name(config)
@@ -115,23 +183,8 @@ class VitlabCLI(LightningCLI):
         if minutes is not None and not minutes > 0:
             self._parser(self.subcommand).error(f"last_every_minutes must be a number > 0, got {minutes!r}")
         version = None
-        if self.subcommand in ("fit", "validate", "test", "predict") and config.get("ckpt_path"):
-            if config.ckpt_path in ("best", "last"):
-                try:
-                    config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
-                except ValueError as e:
-                    if self.subcommand != "fit" or config.ckpt_path != "last":
-                        self._parser(self.subcommand).error(str(e))
-                    print(f"vitlab fit: no last.ckpt under {Path(config.runs_dir) / name}, starting from scratch",
-                          file=sys.stderr)
-                    config.ckpt_path = None
-            if config.ckpt_path is not None:
-                try:
-                    check_checkpoint(config.ckpt_path)
-                except ValueError as e:
-                    self._parser(self.subcommand).error(str(e))
-                if self.subcommand == "fit":  # resume into the run folder the checkpoint came from
-                    version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
+        if self.subcommand == "fit" and config.get("ckpt_path"):  # resume into the checkpoint's run folder
+            version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder

@@ -28,6 +28,8 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
+    except PermissionError as e:
+        raise PermissionError(f"cannot read IDX file {path!r}: permission denied") from e
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; EOFError: truncated gzip
         raise ValueError(f"corrupt IDX file {path!r}: {e}") from e
     # header: 2 zero bytes, type code 0x08 (unsigned byte), number of dims, then one big-endian uint32 per dim

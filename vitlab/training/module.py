@@ -260,6 +260,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        check_checkpoint_fits(self, checkpoint.get("state_dict", {}), checkpoint.get("hyper_parameters", {}))
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
         x, y = batch
@@ -371,6 +372,31 @@ class ImageClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model built from the config and the data."""
+
+
+def check_checkpoint_fits(module: ImageClassifier, state: dict[str, torch.Tensor], hparams: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` naming what differs (class count first) unless every tensor of
+    ``state`` has the shape of the module's own."""
+    own = module.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if not shapes:
+        return
+    head = state.get("model.head.weight")
+    if head is not None and head.shape[0] != module.cfg.num_classes:
+        raise CheckpointMismatchError(
+            f"the checkpoint was trained for {head.shape[0]} classes, but the data has {module.cfg.num_classes}: "
+            f"use the data it was trained on, or start a new fit from its weights with model.pretrained=PATH "
+            f"(the head is then re-initialised)")
+    differ = [f"{k}={hparams[k]!r} (model: {getattr(module.cfg, k)!r})" for k in ("img_size", "in_chans", "patch_size",
+              "embed_dim", "depth", "tokenizer") if hparams.get(k) is not None and hparams[k] != getattr(module.cfg, k)]
+    raise CheckpointMismatchError(
+        f"the checkpoint does not fit the model{': it has ' + ', '.join(differ) if differ else ''}; "
+        f"{len(shapes)} tensors differ in shape (checkpoint vs model), e.g. {shapes[0]}")
+
+
 def _check(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a number in [low, high) (or (low, high))."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -380,4 +406,4 @@ def _check(name: str, value: Any, low: float, high: float | None = None, low_ope
         raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
 
 
-__all__ = ["ImageClassifier", "NonFiniteLossError", "warmup_cosine"]
+__all__ = ["ImageClassifier", "CheckpointMismatchError", "NonFiniteLossError", "warmup_cosine"]
