@@ -67,20 +67,30 @@ class EpochRecorder(L.Callback):
         self.train_samples = 0
         self._t0 = 0.0
 
+    def _add_train_time(self) -> None:
+        now = time.perf_counter()
+        self.train_seconds += now - self._t0
+        self._t0 = now
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_samples += len(batch[0])
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._add_train_time()  # validation runs inside the training epoch, before on_train_epoch_end
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc1" not in trainer.callback_metrics:
             return
         self.history.append({"epoch": trainer.current_epoch + 1, "seconds": self.train_seconds,
                              "val_acc1": float(trainer.callback_metrics["val/acc1"])})
+        self._t0 = time.perf_counter()  # the validation time is not training time
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._add_train_time()
 
 
 @torch.no_grad()
@@ -119,7 +129,6 @@ def run_one(cfg: ViTConfig, data_name: str, seed: int, args: argparse.Namespace)
     trainer.fit(model, datamodule=data)
     test_acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc1"]
     accs = [h["val_acc1"] for h in recorder.history]
-    reached = next((h for h in recorder.history if h["val_acc1"] >= args.target), None)
     stats = model_stats(cfg)
     return {
         "tokenizer": cfg.tokenizer, "seed": seed, "depth": cfg.depth, "params_m": stats["params_m"],
@@ -128,8 +137,6 @@ def run_one(cfg: ViTConfig, data_name: str, seed: int, args: argparse.Namespace)
         "train_img_s": recorder.train_samples / max(recorder.train_seconds, 1e-9),
         "infer_img_s": inference_speed(model.model.cpu(), (args.batch_size, cfg.in_chans, cfg.img_size,
                                                             cfg.img_size)),
-        "epochs_to_target": reached["epoch"] if reached else None,
-        "seconds_to_target": reached["seconds"] if reached else None,
         "config": cfg.to_dict(),
     }
 
@@ -146,8 +153,14 @@ def _pct(xs: list[float]) -> str:
     return _mean_std([100 * x for x in xs])
 
 
+def reach(history: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    """The first epoch record whose validation accuracy is at least ``target``, else None."""
+    return next((h for h in history if h["val_acc1"] >= target), None)
+
+
 def write_report(results: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> str:
-    """results.md (table) and the PNG plots; returns the Markdown."""
+    """results.md (table) and the PNG plots; returns the Markdown. The target accuracy is applied here, to the
+    kept histories, so a rerun with another ``--target`` only rewrites the report."""
     by_tok: dict[str, list[dict]] = {}
     for r in results:
         by_tok.setdefault(r["tokenizer"], []).append(r)
@@ -162,14 +175,14 @@ def write_report(results: list[dict[str, Any]], out: Path, args: argparse.Namesp
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tok, rs in by_tok.items():
-        reached = [r for r in rs if r["epochs_to_target"] is not None]
+        reached = [h for h in (reach(r["history"], args.target) for r in rs) if h is not None]
         reach_note = f" ({len(reached)}/{len(rs)} runs)" if len(reached) < len(rs) else ""
         lines.append(
             f"| {tok} | {rs[0]['depth']} | {rs[0]['params_m']:.3f} | {rs[0]['gflops']:.4f} | "
             f"{_mean_std([r['train_img_s'] for r in rs])} | {_mean_std([r['infer_img_s'] for r in rs])} | "
             f"{_pct([r['test_acc1'] for r in rs])} | {_pct([r['best_val_acc1'] for r in rs])} | "
-            f"{_mean_std([r['epochs_to_target'] for r in reached])}{reach_note} | "
-            f"{_mean_std([r['seconds_to_target'] for r in reached])}{reach_note} |")
+            f"{_mean_std([h['epoch'] for h in reached])}{reach_note} | "
+            f"{_mean_std([h['seconds'] for h in reached])}{reach_note} |")
     markdown = "\n".join(lines) + "\n"
     (out / "results.md").write_text(markdown)
     _plots(by_tok, out)
