@@ -17,7 +17,8 @@ import vitlab
     (dict(num_classes=-1), "num_classes must be an integer >= 0, got -1"),
     (dict(pool="cls", class_token=False), "pool='cls' needs a class token"),
     (dict(embed_dim="big"), "embed_dim must be an integer > 0, got 'big'"),
-    (dict(mlp_ratio=0), "mlp_ratio must be a number > 0, got 0"),
+    (dict(mlp_ratio=0), "mlp_ratio must be a finite number > 0, got 0"),
+    (dict(mlp_ratio=float("nan")), "mlp_ratio must be a finite number > 0, got nan"),
     (dict(bogus_key=1), "unknown config key(s) ['bogus_key']"),
 ])
 def test_bad_config_names_value(overrides, message):

@@ -5,6 +5,7 @@ field and the value, so a user never meets a shape-mismatch traceback from insid
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Optional
 
@@ -72,15 +73,14 @@ class ViTConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a number > 0, got {self.mlp_ratio!r}")
+        if not _is_number(self.mlp_ratio) or self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            if not _is_number(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        if self.layer_scale_init is not None and (
-                not isinstance(self.layer_scale_init, (int, float)) or self.layer_scale_init <= 0):
-            raise ValueError(f"layer_scale_init must be a number > 0 or None, got {self.layer_scale_init!r}")
+        if self.layer_scale_init is not None and (not _is_number(self.layer_scale_init) or self.layer_scale_init <= 0):
+            raise ValueError(f"layer_scale_init must be a finite number > 0 or None, got {self.layer_scale_init!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
@@ -99,6 +99,8 @@ class ViTConfig:
             if self.img_size % self.patch_size:
                 raise ValueError(f"patch_size={self.patch_size} does not divide img_size={self.img_size}")
             if self.stem_channels is not None:
+                if not isinstance(self.stem_channels, tuple):
+                    raise ValueError(f"stem_channels must be a list of widths, got {self.stem_channels!r}")
                 n_stride2 = self.patch_size.bit_length() - 1
                 if len(self.stem_channels) < n_stride2 or any(not _is_int(c) or c <= 0 for c in self.stem_channels):
                     raise ValueError(
@@ -126,6 +128,10 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(cls.field_names())}")
         return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value: Any) -> bool:
