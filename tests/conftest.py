@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny-model and tiny-data CLI arguments, test-written CIFAR files and image trees.
+"""The one conftest of the suite (a second one, in a subfolder, would also be the module "conftest" and shadow
+this one for `from conftest import ...`): tiny-model and tiny-data CLI arguments, test-written CIFAR files and
+image trees, offline torchvision.
 
 The writers of real-format files live in tests/data/data_files.py (the data tests' helpers)."""
 import os
@@ -7,6 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))  # data_files
+from data_files import save_image  # noqa: E402
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
@@ -54,7 +57,6 @@ def cifar_root(tmp_path, monkeypatch):
 @pytest.fixture
 def image_folder_root(tmp_path):
     """``train/`` and ``val/`` with three classes of small RGB/gray PNG and JPEG files."""
-    from data_files import save_image
 
     root = tmp_path / "tree"
     for split, n in (("train", 8), ("val", 4)):
@@ -69,3 +71,43 @@ def image_folder_root(tmp_path):
 def pytest_configure(config):
     # tests call vitlab.cli.main(args) while sys.argv holds pytest's own arguments
     config.addinivalue_line("filterwarnings", "ignore:LightningCLI's args parameter")
+
+
+# ---- data tests: offline torchvision, test-written CIFAR files, an image tree
+@pytest.fixture
+def no_md5(monkeypatch):
+    """Let torchvision accept test-written CIFAR files: its reader checks each file's md5 against the real
+    data set's, which small test files cannot match. Only existence is checked under this fixture."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    original = tv_cifar.check_integrity
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: original(fpath, None))
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Make every torchvision download fail, as offline."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.mnist
+
+    def fail(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", fail)
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", fail)
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """``tmp_path/tree/{train,val}/{cat,dog}`` with images in many modes and formats."""
+    root = tmp_path / "tree"
+    files = {
+        "a_rgb.png": "RGB", "b_gray.png": "L", "c_rgba.png": "RGBA", "d_pal.png": "P",
+        "e_cmyk.jpg": "CMYK", "f_16bit.png": "I;16", "g_rgb.jpeg": "RGB",
+    }
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for name, mode in files.items():
+                save_image(root / split / cls / name, mode)
+    return root

@@ -1,8 +1,8 @@
 """Helpers of the reliability tests: the tiny-run CLI arguments of tests/conftest.py, and callbacks put into
 `vitlab fit` subprocesses with --trainer.callbacks.
 
-tests/conftest.py is loaded by path: ``from conftest import ...`` finds tests/data/conftest.py instead when
-tests/data is collected in the same session (no __init__.py files, so both are the module "conftest")."""
+tests/conftest.py is loaded by path, so this module also imports in the `vitlab fit` subprocesses, where tests/ is
+not on sys.path."""
 import hashlib
 import importlib.util
 import time
