@@ -78,3 +78,16 @@ def test_bad_finetune_values():
         ImageClassifier(**TINY, layer_decay=0.0)
     with pytest.raises(ValueError, match="tokenizer_warmup_steps"):
         ImageClassifier(**TINY, tokenizer_warmup_steps=-1)
+
+
+def test_compile_and_channels_last_train(tmp_path):
+    """The speed options run a real fit: dynamo traces the network (eager backend: no C++ build in the tests) and
+    the conv stem trains in channels_last; the state_dict keys stay those of the plain model."""
+    model = ImageClassifier(**{**TINY, "tokenizer": "conv", "patch_size": 4}, compile=True, compile_backend="eager",
+                            channels_last=True)
+    before = fit(model, tmp_path, max_steps=2)
+    assert model.model._compiled_call_impl is not None  # nn.Module.compile: calls go through dynamo
+    assert "blocks.0.attn.qkv.weight" in changed(model, before)
+    assert not any("_orig_mod" in k for k in model.model.state_dict())  # checkpoints load without compile
+    stem_conv = model.model.patch_embed.stem[0][0].weight
+    assert stem_conv.is_contiguous(memory_format=torch.channels_last)

@@ -80,6 +80,8 @@ class ImageClassifier(L.LightningModule):
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
             ``train/skipped_steps``, stopping only after ``MAX_CONSECUTIVE_SKIPS`` skips in a row. Either way no
             broken weights reach a checkpoint.
+        compile: ``torch.compile`` the network (in place, with ``compile_backend``).
+        channels_last: channels_last memory format for the model and the training images (conv tokenizers).
     """
 
     def __init__(
@@ -132,6 +134,10 @@ class ImageClassifier(L.LightningModule):
         top_k: int = 5,
         # ---- reliability
         nonfinite: Literal["stop", "skip"] = "stop",
+        # ---- speed
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # saved into checkpoints; logged under "model/" in setup(), as the data module's hparams share names
@@ -215,6 +221,8 @@ class ImageClassifier(L.LightningModule):
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch  # (B, C, H, W), (B,)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         target = y
         if self.mixup_fn is not None:
             if len(x) % 2:  # timm mixes a batch with its flip, which needs an even size
@@ -291,6 +299,16 @@ class ImageClassifier(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # after each real optimizer step (not each accumulated micro-batch)
             self.ema.update(self.model, step=self.trainer.global_step + 1)  # step 1 copies the weights
+
+    def configure_model(self) -> None:
+        """Speed options, applied once before fit/validate/test/predict: channels_last memory for the conv
+        tokenizers, ``torch.compile`` of the network in place (``nn.Module.compile`` keeps the state_dict keys, so
+        checkpoints stay loadable without it)."""
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile(backend=self.hparams.compile_backend)
+            self._compiled = True
 
     def setup(self, stage: str) -> None:
         params = {f"model/{k}": v for k, v in self.hparams.items()}
