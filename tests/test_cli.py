@@ -194,11 +194,14 @@ def test_tool_subcommands_are_dispatched_before_lightning(monkeypatch):
     assert calls == [["--x", "1"]]
 
 
-def test_ddp_two_cpu_processes_log_metrics_over_both(tmp_path, fashion_mnist_available):
+@pytest.mark.parametrize("on_device", [False, True], ids=["per-sample-loader", "on-device-loader"])
+def test_ddp_two_cpu_processes_log_metrics_over_both(tmp_path, fashion_mnist_available, on_device):
     """Two gloo processes: val/acc1 logged by DDP equals a one-process evaluation of the saved weights on the
-    same 96 validation images (each process saw 48), and the lr is scaled by the global batch of 2 x 16."""
+    same 96 validation images (each process saw 48), and the lr is scaled by the global batch of 2 x 16. With
+    data.on_device each process builds its own shard of the cached set."""
     runs = tmp_path / "runs"
     common = [*fashion_mnist_data(batch_size=16, train=128, evaluate=96), *TINY_MODEL, *CPU_TRAINER,
+              "--data.on_device", str(on_device).lower(),
               "--model.patch_size", "7", "--model.base_lr", "0.01", "--model.warmup_epochs", "0",
               "--model.min_lr", "0", "--runs_dir", str(runs), "--run_name", "ddp"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1",

@@ -43,3 +43,50 @@ def test_trainer_fits_and_predicts(tmp_path):
     trainer.fit(model, datamodule=dm)
     (preds, idx), = trainer.predict(model, datamodule=dm)
     assert preds.shape == (3,) and [dm.predict_files[i].rsplit("/", 1)[1] for i in idx] == ["0.png", "1.png", "2.png"]
+
+
+class RecordTrainBatches(L.Callback):
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append((trainer.current_epoch, batch[0].clone(), batch[1].clone()))
+
+
+def test_on_device_loaders_match_the_per_sample_path_in_a_fit(tmp_path, fashion_mnist_available):
+    """on_device=True: the same samples in the same order (both shuffle with randperm(seed + epoch)) and the
+    same pixels (no augmentation), a new order every epoch through Lightning's set_epoch, and the same eval
+    batches; the loaders are the device-cached ones."""
+    from conftest import FASHION_MNIST_DIR
+
+    from vitlab.data.device_cache import DeviceCachedLoader
+    runs = {}
+    for on_device in (False, True):
+        dm = FashionMNISTDataModule(data_dir=FASHION_MNIST_DIR, batch_size=16, num_workers=0, val_split=500,
+                                    train_subset=48, eval_subset=40, augment=False, on_device=on_device)
+        model, record = Linear(dm.in_chans * dm.img_size**2, dm.num_classes), RecordTrainBatches()
+        L.seed_everything(3)
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, callbacks=[record],
+                            default_root_dir=str(tmp_path))
+        trainer.fit(model, datamodule=dm)
+        assert isinstance(trainer.train_dataloader, DeviceCachedLoader) == on_device
+        dm.setup("test")
+        runs[on_device] = record.batches, list(dm.val_dataloader()), list(dm.test_dataloader())
+    (host_train, host_val, host_test), (dev_train, dev_val, dev_test) = runs[False], runs[True]
+    assert [e for e, _, _ in dev_train] == [0, 0, 0, 1, 1, 1]
+    for (_, xh, yh), (_, xd, yd) in zip(host_train, dev_train, strict=True):
+        assert torch.equal(yh, yd)
+        torch.testing.assert_close(xd, xh, atol=1e-5, rtol=0)
+    assert not torch.equal(torch.cat([y for e, _, y in dev_train if e == 0]),
+                           torch.cat([y for e, _, y in dev_train if e == 1]))
+    for host, dev in ((host_val, dev_val), (host_test, dev_test)):
+        for (xh, yh), (xd, yd) in zip(host, dev, strict=True):
+            assert torch.equal(yh, yd)
+            torch.testing.assert_close(xd, xh, atol=1e-5, rtol=0)
+
+
+def test_on_device_must_be_a_bool(tmp_path):
+    import pytest
+    with pytest.raises(ValueError, match="on_device must be true or false, got 'yes'"):
+        FashionMNISTDataModule(data_dir=str(tmp_path), on_device="yes")

@@ -23,7 +23,8 @@ RUN = ["fit", *fashion_mnist_data(batch_size=32, train=256, evaluate=64), *TINY_
        "--trainer.enable_progress_bar", "false", "--last_every_n_steps", "3", "--run_name", "r"]
 
 
-def vitlab(runs: Path, *args: str, record: Path | None = None, stall: tuple[int, Path] | None = None,
+def vitlab(runs: Path, *args: str, on_device: bool = False, record: Path | None = None,
+           stall: tuple[int, Path] | None = None,
            wait: bool = True) -> subprocess.Popen:
     callbacks = []
     if record is not None:
@@ -34,7 +35,8 @@ def vitlab(runs: Path, *args: str, record: Path | None = None, stall: tuple[int,
                       "--trainer.callbacks.step", str(stall[0]), "--trainer.callbacks.marker", str(stall[1])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab.cli", *RUN, "--runs_dir", str(runs), *args, *callbacks],
+    proc = subprocess.Popen([sys.executable, "-m", "vitlab.cli", *RUN, "--runs_dir", str(runs), *args, *callbacks,
+                             "--data.on_device", str(on_device).lower()],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         out, _ = proc.communicate(timeout=300)
@@ -47,16 +49,17 @@ def steps(record: Path) -> dict[int, str]:
     return {int(step): digest for step, digest in lines}  # a redone step keeps its last record
 
 
-def test_kill_mid_epoch_then_resume_last_is_bitwise_equal(tmp_path, fashion_mnist_available):
+@pytest.mark.parametrize("on_device", [False, True], ids=["per-sample-loader", "on-device-loader"])
+def test_kill_mid_epoch_then_resume_last_is_bitwise_equal(tmp_path, fashion_mnist_available, on_device):
     # 1. uninterrupted reference
     ref_record = tmp_path / "ref.txt"
-    vitlab(tmp_path / "ref", record=ref_record)
+    vitlab(tmp_path / "ref", record=ref_record, on_device=on_device)
     reference = torch.load(tmp_path / "ref/r/version_0/checkpoints/last.ckpt", weights_only=True)
     assert reference["global_step"] == 16
 
     # 2. the same run, killed at step 11 (epoch 1, batch 3); last.ckpt was written at step 9 (every 3 steps)
     runs, record, marker = tmp_path / "runs", tmp_path / "run.txt", tmp_path / "stalled"
-    proc = vitlab(runs, record=record, stall=(11, marker), wait=False)
+    proc = vitlab(runs, record=record, stall=(11, marker), wait=False, on_device=on_device)
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -71,7 +74,7 @@ def test_kill_mid_epoch_then_resume_last_is_bitwise_equal(tmp_path, fashion_mnis
         {"epoch": 1, "batches": 1, "seed": 0}]
 
     # 3. resume in a new process: into the same run folder, to the same end
-    vitlab(runs, "--ckpt_path", "last", record=record)
+    vitlab(runs, "--ckpt_path", "last", record=record, on_device=on_device)
     assert not (runs / "r/version_1").exists(), "the resumed run should continue in version_0"
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 16

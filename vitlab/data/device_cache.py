@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from vitlab.data.resumable import sample_seed
+
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -29,11 +31,39 @@ def _default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+class DeviceOrder:
+    """The sample order of a :class:`DeviceCachedLoader`, in the role of its sampler: Lightning calls
+    ``set_epoch`` on a loader's ``sampler`` at every epoch, and a resumed epoch starts ``start`` batches in."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int, world_size: int) -> None:
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.shard_size = math.ceil(n / world_size)
+        self.epoch = 0
+        self.start = 0  # batches of this epoch to skip (once), set when resuming
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch`` (same permutation on every rank, padded to equal shards)."""
+        n = self.n
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        total = self.shard_size * self.world_size
+        if total > n:  # repeat the first samples so every rank gets the same count
+            order = torch.cat([order, order[: total - n]])
+        return order[self.rank::self.world_size]
+
+
 class DeviceCachedLoader:
     """Batches ``(images (B, C, H, W) float32, labels (B,) int64)`` made on ``device`` from uint8 images held there.
 
-    Iterating once is one epoch; each new iteration reshuffles (epoch counter advances by itself, or use
-    :meth:`set_epoch`). Same seed, same epoch -> same batches.
+    Iterating once is one epoch; each new iteration moves to the next epoch (or use :meth:`set_epoch`, as
+    Lightning does through :attr:`sampler`). The data of a batch depends only on (seed, epoch, rank, batch
+    index), so same seed, same epoch -> same batches, and ``state_dict``/``load_state_dict`` (which Lightning
+    stores in checkpoints) resume mid-epoch exactly.
 
     Args:
         images: ``(N, C, H, W)`` uint8 (or ``(N, H, W)`` for one channel).
@@ -53,6 +83,8 @@ class DeviceCachedLoader:
         world_size: Number of processes; default from ``torch.distributed`` when initialised, else 1.
     """
 
+    batch_sampler = None  # what Lightning looks for on a loader, beside ``sampler``
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True,
                  device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
@@ -65,17 +97,19 @@ class DeviceCachedLoader:
         if images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"need images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
                              f"{tuple(labels.shape)}")
+        if len(labels) == 0:
+            raise ValueError("the data set is empty: no images to load")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         d_rank, d_world = _dist_rank_world()
-        self.rank = d_rank if rank is None else rank
-        self.world_size = d_world if world_size is None else world_size
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        rank = d_rank if rank is None else rank
+        world_size = d_world if world_size is None else world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.device = torch.device(device) if device is not None else _default_device()
         self.images = images.to(self.device)  # (N, C, H, W) uint8, once
         self.labels = labels.to(self.device, torch.int64)
-        self.batch_size, self.train, self.pad, self.flip, self.seed = batch_size, train, pad, flip, seed
+        self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
         self.in_chans = in_chans or images.shape[1]
         self.img_size = img_size
         out_c = self.in_chans
@@ -83,9 +117,10 @@ class DeviceCachedLoader:
             raise ValueError(f"mean and std need {out_c} values (one per output channel), got {mean} and {std}")
         self.mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, -1, 1, 1)
-        self.epoch = 0
-        self.shard_size = math.ceil(len(self.labels) / self.world_size)
+        self.sampler = DeviceOrder(len(self.labels), shuffle=train, seed=seed, rank=rank, world_size=world_size)
         self.drop_last = (train and self.shard_size > batch_size) if drop_last is None else drop_last
+        self.epoch = 0  # the epoch being (or last) iterated
+        self.batches = 0  # batches handed out in it
 
     @classmethod
     def from_dataset(cls, dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], **kwargs
@@ -94,35 +129,58 @@ class DeviceCachedLoader:
         idx = dataset.indices
         return cls(dataset.images[idx], dataset.labels[idx], batch_size, mean, std, **kwargs)
 
+    @property
+    def shard_size(self) -> int:
+        """Samples this rank sees per epoch."""
+        return self.sampler.shard_size
+
+    @property
+    def rank(self) -> int:
+        return self.sampler.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.sampler.world_size
+
     def __len__(self) -> int:
         n = self.shard_size
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle and augmentation of ``epoch`` on the next iteration."""
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def shard_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch`` (same permutation on every rank, padded to equal shards)."""
-        n = len(self.labels)
-        if self.train:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        else:
-            order = torch.arange(n)
-        total = self.shard_size * self.world_size
-        if total > n:  # repeat the first samples so every rank gets the same count
-            order = torch.cat([order, order[: total - n]])
-        return order[self.rank::self.world_size]
+        """This rank's sample indices for ``epoch``."""
+        return self.sampler.shard_indices(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        idx = self.shard_indices(epoch).to(self.device)
+        # a generator: the body runs at the first next(), after Lightning's set_epoch
+        order = self.sampler
+        epoch, first = order.epoch, order.start
+        order.epoch, order.start = epoch + 1, 0  # a plain re-iteration is the next epoch
+        idx = order.shard_indices(epoch).to(self.device)
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + self.rank)
-        for b in range(len(self)):
+        self.epoch, self.batches = epoch, first
+        for b in range(first, len(self)):
             batch = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            g.manual_seed(sample_seed(order.seed + 7_919 * order.rank, epoch, b))
+            self.batches = b + 1
             yield self.transform(self.images[batch], g), self.labels[batch]
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches", "seed"}``: the epoch being iterated and the batches handed out in it."""
+        return {"epoch": int(self.epoch), "batches": int(self.batches), "seed": int(self.sampler.seed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next iteration continue where ``state`` was taken (a finished epoch: the next one)."""
+        self.sampler.seed = int(state["seed"])
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = batches
+        self.epoch, self.batches = epoch, batches
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> augmented (when training), converted, normalised float32 images."""
@@ -158,4 +216,4 @@ class DeviceCachedLoader:
         return x
 
 
-__all__ = ["DeviceCachedLoader"]
+__all__ = ["DeviceCachedLoader", "DeviceOrder"]

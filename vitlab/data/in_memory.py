@@ -3,9 +3,11 @@
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import Dataset
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.base import ImageDataModule
+from vitlab.data.device_cache import DeviceCachedLoader
 from vitlab.data.transforms import small_image_predict_transform, small_image_transform
 
 
@@ -32,9 +34,25 @@ class TensorImageDataset(Dataset):
 
 class InMemoryDataModule(ImageDataModule):
     """Base for data sets with an official train/test split and no validation split: validation is held
-    out of train (``val_split``). Subclasses implement :meth:`load_split`."""
+    out of train (``val_split``). Subclasses implement :meth:`load_split`.
+
+    Args:
+        on_device: Keep the whole set (uint8) on the training device and make the train/val/test batches
+            there with batched tensor ops (:class:`~vitlab.data.device_cache.DeviceCachedLoader`: the same
+            random crop, flip, conversion and normalisation as the per-sample transforms, seeded and resumable
+            the same way), so no loader worker or host-to-device copy limits the step rate. Also pays on a
+            CPU, where it replaces per-image transforms by a few batched ops. ``num_workers`` and
+            ``pin_memory`` are then unused; ``predict`` still reads image files.
+        *args, **kwargs: As :class:`~vitlab.data.base.ImageDataModule`.
+    """
 
     crop_padding: int = 4  # zero padding of the training random crop
+
+    def __init__(self, *args, on_device: bool = False, **kwargs) -> None:
+        if not isinstance(on_device, bool):
+            raise ValueError(f"on_device must be true or false, got {on_device!r}")
+        self.on_device = on_device
+        super().__init__(*args, **kwargs)
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Read the official train or test split: ``(images (N, C, H, W) uint8, labels (N,) int64)``."""
@@ -71,3 +89,38 @@ class InMemoryDataModule(ImageDataModule):
                 self.val_set = self.test_set = self.test_set or self._test_set()
         if stage in (None, "test") and self.test_set is None:
             self.test_set = self._test_set()
+
+    def _device_loader(self, dataset: TensorImageDataset | None, name: str, train: bool) -> DeviceCachedLoader:
+        if dataset is None:
+            raise RuntimeError(f"no {name} set: call setup() with the matching stage first")
+        trainer = self.trainer
+        if trainer is not None:
+            device, rank, world = trainer.strategy.root_device, trainer.global_rank, trainer.world_size
+        else:
+            device, rank, world = None, 0, 1
+        if not train:  # every rank evaluates its own shard of the set, as Lightning's DistributedSampler
+            return DeviceCachedLoader.from_dataset(dataset, self.batch_size, self.mean, self.std, train=False,
+                                                   device=device, img_size=self.img_size, in_chans=self.in_chans,
+                                                   rank=rank, world_size=world)
+        if len(dataset) < self.batch_size * world:
+            rank_zero_warn(f"batch_size={self.batch_size} exceeds the {len(dataset)} training samples: "
+                           f"each epoch is one batch")
+        return DeviceCachedLoader.from_dataset(
+            dataset, self.batch_size, self.mean, self.std, train=True, pad=self.crop_padding if self.augment else 0,
+            flip=self.augment, device=device, seed=torch.initial_seed() % 2**63, img_size=self.img_size,
+            in_chans=self.in_chans, rank=rank, world_size=world)
+
+    def train_dataloader(self) -> DataLoader | DeviceCachedLoader:
+        if not self.on_device:
+            return super().train_dataloader()
+        return self._device_loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader | DeviceCachedLoader:
+        if not self.on_device:
+            return super().val_dataloader()
+        return self._device_loader(self.val_set, "validation", train=False)
+
+    def test_dataloader(self) -> DataLoader | DeviceCachedLoader:
+        if not self.on_device:
+            return super().test_dataloader()
+        return self._device_loader(self.test_set, "test", train=False)
