@@ -239,3 +239,28 @@ def test_ddp_two_cpu_processes_log_metrics_over_both(tmp_path, fashion_mnist_ava
     halves = [correct[0::2].mean().item(), correct[1::2].mean().item()]
     if halves[0] != halves[1]:
         assert all(h != pytest.approx(ddp_acc, abs=1e-6) for h in halves)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_trains_in_fp32(tmp_path, fashion_mnist_available, monkeypatch):
+    from vitlab.tools import machine
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
+    runs = tmp_path / "runs"
+    args = ["fit", *fashion_mnist_data(batch_size=8, train=16, evaluate=8), *TINY_MODEL, *CPU_TRAINER,
+            "--model.patch_size", "7", "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
+            "--runs_dir", str(runs), "--run_name", "p"]
+    with pytest.warns(UserWarning, match=r"trainer.precision=bf16-mixed asked on the CPU, but this CPU \(.*\) has "
+                                         r"no bf16 units: training in fp32 \(32-true\) instead"):
+        assert cli.main(args) == 0
+    assert "precision: 32-true" in (run_folder(runs, "p") / "config.yaml").read_text()
+
+
+def test_trainer_precision_keeps_what_the_machine_runs_well(monkeypatch):
+    from vitlab.tools import machine
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: False)
+    precision, note = machine.trainer_precision("bf16-true", "cpu")
+    assert precision == "32-true" and "slower than fp32 (emulated)" in note
+    monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: True)
+    assert machine.trainer_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)  # real bf16 units: as asked
+    assert machine.trainer_precision("32-true", "cpu") == ("32-true", None)
+    assert machine.trainer_precision("bf16-mixed", "gpu") == ("bf16-mixed", None)

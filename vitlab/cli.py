@@ -25,10 +25,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.training.callbacks import PredictionWriter, RunPlots
+from vitlab.tools.machine import trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 
@@ -185,6 +187,10 @@ class VitlabCLI(LightningCLI):
         version = None
         if self.subcommand == "fit" and config.get("ckpt_path"):  # resume into the checkpoint's run folder
             version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
+        precision, note = trainer_precision(config.trainer.precision, config.trainer.accelerator)
+        if note:  # bf16 on a CPU that would emulate it
+            rank_zero_warn(note)
+            config.trainer.precision = precision
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder

@@ -128,6 +128,28 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str | None]:
     return "bf16", None
 
 
+def trainer_precision(precision: str | int | None, accelerator: str | None) -> tuple[str | int | None, str | None]:
+    """A Lightning ``precision`` to train with, and a warning when a bf16 request cannot run well here.
+
+    bf16 (``bf16-mixed``, ``bf16-true``, ``bf16``) on a CPU without bf16 units, or whose bf16 matmuls measure
+    slower than fp32 (emulated), becomes ``32-true``; anything else is kept as asked.
+
+    Args:
+        precision: The trainer's ``precision`` setting.
+        accelerator: The trainer's ``accelerator`` (``auto`` runs on the CPU when no CUDA device is visible).
+    """
+    if precision is None or not str(precision).startswith("bf16"):
+        return precision, None
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if not on_cpu:
+        return precision, None
+    resolved, note = resolve_precision("bf16", "cpu")
+    if resolved == "bf16":
+        return precision, None
+    why = note.removeprefix("precision bf16 asked, but ").removesuffix(": using fp32")
+    return "32-true", f"trainer.precision={precision} asked on the CPU, but {why}: training in fp32 (32-true) instead"
+
+
 def default_loader_kwargs() -> dict[str, object]:
     """DataLoader keyword arguments for this machine: workers, pin_memory on CUDA, persistent workers."""
     workers = default_num_workers()
