@@ -76,3 +76,15 @@ def test_bf16_on_cpu_follows_a_measurement(monkeypatch):
     monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: True)
     assert machine.resolve_precision("bf16", "cpu") == ("bf16", None)
     assert machine.resolve_precision("auto", "cpu") == ("fp32", None)
+
+
+def test_paired_ratios_and_channels_last_comparison():
+    r = bench.main(TINY + FAST + ["--set", "tokenizer=conv", "--compare-channels-last", "--no-train"])
+    assert set(r["infer"]) == {"vitlab", "vitlab_channels_last"}
+    pr = r["paired_ratios"]["infer vitlab channels_last/contiguous"]
+    runs = r["infer"]["vitlab_channels_last"]["img_s_runs"], r["infer"]["vitlab"]["img_s_runs"]
+    assert pr["values"] == pytest.approx([a / b for a, b in zip(*runs)])
+    assert pr["q25"] <= pr["median"] <= pr["q75"] and r["ratios"]["infer vitlab channels_last/contiguous"] > 0
+    r = bench.main(TINY + FAST + ["--no-infer"])
+    values = r["paired_ratios"]["train vitlab/timm"]["values"]
+    assert len(values) == 2 and all(v > 0 for v in values)

@@ -63,7 +63,9 @@ def build_timm(model: VisionTransformer) -> nn.Module:
 
 
 def build_models(cfg: ViTConfig, device: torch.device, channels_last: bool, with_timm: bool,
-                 notes: list[str]) -> dict[str, nn.Module]:
+                 notes: list[str], compare_channels_last: bool = False) -> dict[str, nn.Module]:
+    """``vitlab`` (and ``timm`` with the same weights; ``vitlab_channels_last``, a channels_last copy, when
+    ``compare_channels_last``) on ``device``, in channels_last memory format when ``channels_last``."""
     models: dict[str, nn.Module] = {"vitlab": VisionTransformer(cfg)}
     if with_timm:
         try:
@@ -71,7 +73,10 @@ def build_models(cfg: ViTConfig, device: torch.device, channels_last: bool, with
         except ValueError as err:  # conv / cct tokenizers, sequence pooling: nothing to compare with
             notes.append(f"no timm comparison: {err}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {k: m.to(device, memory_format=fmt) for k, m in models.items()}
+    out = {k: m.to(device, memory_format=fmt) for k, m in models.items()}
+    if compare_channels_last:
+        out["vitlab_channels_last"] = copy.deepcopy(models["vitlab"]).to(device, memory_format=torch.channels_last)
+    return out
 
 
 def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -254,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also measure onnxruntime CPU inference")
     p.add_argument("--lightning-overhead", action="store_true", help="also measure Trainer.fit vs a bare loop")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input (conv stems)")
+    p.add_argument("--compare-channels-last", action="store_true",
+                   help="also measure a channels_last copy of vitlab against the contiguous one, interleaved")
     p.add_argument("--no-timm", action="store_true", help="vitlab alone")
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
     p.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
@@ -311,10 +318,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sheet = machine.datasheet_peak_tflops(name, "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32")) \
         if device.type == "cuda" else None
 
-    models = build_models(cfg, device, args.channels_last, not args.no_timm, notes)
+    models = build_models(cfg, device, args.channels_last, not args.no_timm, notes, args.compare_channels_last)
     B = args.batch_size
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(B, cfg.in_chans, cfg.img_size, cfg.img_size, device=device).contiguous(memory_format=fmt)
+    inputs = {key: x.contiguous(memory_format=torch.channels_last) if key.endswith("channels_last") else x
+              for key in models}
     y = torch.randint(0, cfg.num_classes, (B,), device=device)
     images = B * args.steps
     variants = [False] + ([True] if args.compile else [])
@@ -324,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads(),
                    "loadavg_before": load_before},
         "precision": precision, "requested_precision": args.precision, "tf32": tf32, "compile": args.compile,
-        "channels_last": args.channels_last, "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
+        "channels_last": args.channels_last, "compare_channels_last": args.compare_channels_last,
+        "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
         "versions": _versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "flops": {"params_m": stats["params_m"], "tokens": stats["tokens"], "forward_gflops_per_img": stats["gflops"],
                   "train_gflops_per_img": stats["train_gflops"]},
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fns = {}
                 for key, m in models.items():
                     try:
-                        fns[key] = train_step_fn(copy.deepcopy(m), x, y, precision, compiled)
+                        fns[key] = train_step_fn(copy.deepcopy(m), inputs[key], y, precision, compiled)
                     except Exception as err:  # torch.compile without a working compiler
                         notes.append(f"train {key} compiled={compiled} skipped: {type(err).__name__}: {err}")
                 times, mem = _guarded(interleaved, fns, args, device, notes, f"train compiled={compiled}")
@@ -349,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     result["train"][label] = summarise(t, images, train_flops, peak_tflops, sheet, mem[key])
         if not args.no_infer:
             for compiled in variants:
-                fns = {key: infer_fn(m, x, precision, compiled) for key, m in models.items()}
+                fns = {key: infer_fn(m, inputs[key], precision, compiled) for key, m in models.items()}
                 if args.onnx and not compiled:
                     with tempfile.TemporaryDirectory() as folder:
                         try:
@@ -369,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                      precision)
 
     result["ratios"] = _ratios(result)
+    result["paired_ratios"] = _paired_ratios(result)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["device"]["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if not args.quiet:
@@ -405,13 +416,32 @@ def _ratios(result: dict[str, Any]) -> dict[str, float]:
     for mode in ("train", "infer"):
         r = result[mode]
         rate = {k: v["img_s"] for k, v in r.items()}
-        for a, b, label in [("vitlab", "timm", "vitlab/timm"),
-                            ("vitlab_compiled", "timm_compiled", "vitlab/timm compiled"),
-                            ("vitlab_compiled", "timm", "vitlab compiled/timm eager"),
-                            ("vitlab_compiled", "vitlab", "vitlab compiled/eager"),
-                            ("onnxruntime", "vitlab", "onnxruntime/vitlab eager")]:
+        for a, b, label in RATIO_PAIRS:
             if a in rate and b in rate:
                 out[f"{mode} {label}"] = rate[a] / rate[b]
+    return out
+
+
+RATIO_PAIRS = [("vitlab", "timm", "vitlab/timm"), ("vitlab_compiled", "timm_compiled", "vitlab/timm compiled"),
+               ("vitlab_compiled", "timm", "vitlab compiled/timm eager"),
+               ("vitlab_compiled", "vitlab", "vitlab compiled/eager"),
+               ("vitlab_channels_last", "vitlab", "vitlab channels_last/contiguous"),
+               ("onnxruntime", "vitlab", "onnxruntime/vitlab eager")]
+
+
+def _paired_ratios(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-repeat ratios of two candidates timed in the same round (a pair shares the machine's state then, so
+    drift and other load cancel better than in the ratio of medians): their median, quartiles and values.
+    Compiled and eager run in separate rounds, so their pairs are only as close as the round order."""
+    out = {}
+    for mode in ("train", "infer"):
+        r = result[mode]
+        for a, b, label in RATIO_PAIRS:
+            if a in r and b in r and len(r[a]["img_s_runs"]) == len(r[b]["img_s_runs"]):
+                values = [ra / rb for ra, rb in zip(r[a]["img_s_runs"], r[b]["img_s_runs"])]
+                q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+                out[f"{mode} {label}"] = {"median": statistics.median(values), "q25": q[0], "q75": q[2],
+                                          "values": values}
     return out
 
 
@@ -444,8 +474,12 @@ def print_report(result: dict[str, Any]) -> None:
                           _pct(r["mfu"]), _pct(r["mfu_datasheet"]),
                           f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] else "-")
     console.print(table)
+    paired = result.get("paired_ratios", {})
     for k, v in result["ratios"].items():
-        console.print(f"  {k}: [bold]{v:.3f}x[/]")
+        pr = paired.get(k)
+        extra = (f" (paired per round: median {pr['median']:.3f}x, quartiles {pr['q25']:.3f}-{pr['q75']:.3f})"
+                 if pr else "")
+        console.print(f"  {k}: [bold]{v:.3f}x[/]{extra}")
     if "lightning" in result:
         lt = result["lightning"]
         console.print(f"  Lightning Trainer.fit vs bare loop ({lt['steps']} steps): {lt['fit_s']:.3f} s vs "
