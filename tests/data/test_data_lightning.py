@@ -1,9 +1,12 @@
 import lightning as L
+import pytest
 import torch
+from conftest import FASHION_MNIST_DIR
 from data_files import save_image, write_fashion_mnist
 from torch import nn
 
 from vitlab.data import FashionMNISTDataModule
+from vitlab.data.device_cache import DeviceCachedLoader
 
 
 class Linear(L.LightningModule):
@@ -57,9 +60,6 @@ def test_on_device_loaders_match_the_per_sample_path_in_a_fit(tmp_path, fashion_
     """on_device=True: the same samples in the same order (both shuffle with randperm(seed + epoch)) and the
     same pixels (no augmentation), a new order every epoch through Lightning's set_epoch, and the same eval
     batches; the loaders are the device-cached ones."""
-    from conftest import FASHION_MNIST_DIR
-
-    from vitlab.data.device_cache import DeviceCachedLoader
     runs = {}
     for on_device in (False, True):
         dm = FashionMNISTDataModule(data_dir=FASHION_MNIST_DIR, batch_size=16, num_workers=0, val_split=500,
@@ -87,6 +87,5 @@ def test_on_device_loaders_match_the_per_sample_path_in_a_fit(tmp_path, fashion_
 
 
 def test_on_device_must_be_a_bool(tmp_path):
-    import pytest
     with pytest.raises(ValueError, match="on_device must be true or false, got 'yes'"):
         FashionMNISTDataModule(data_dir=str(tmp_path), on_device="yes")
