@@ -264,3 +264,16 @@ def test_trainer_precision_keeps_what_the_machine_runs_well(monkeypatch):
     assert machine.trainer_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)  # real bf16 units: as asked
     assert machine.trainer_precision("32-true", "cpu") == ("32-true", None)
     assert machine.trainer_precision("bf16-mixed", "gpu") == ("bf16-mixed", None)
+
+
+def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path, fashion_mnist_available):
+    """`trainer.enable_checkpointing: false` (Lightning's switch) turns vitlab's checkpoint callbacks off too,
+    instead of Lightning refusing the ModelCheckpoint that vitlab adds."""
+    runs = tmp_path / "runs"
+    args = ["fit", *fashion_mnist_data(batch_size=8, train=16, evaluate=8), *TINY_MODEL, *CPU_TRAINER,
+            "--model.patch_size", "7", "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false",
+            "--runs_dir", str(runs), "--run_name", "nockpt"]
+    assert cli.main(args) == 0
+    folder = run_folder(runs, "nockpt")
+    assert (folder / "metrics.csv").is_file()
+    assert not list(folder.rglob("*.ckpt")), sorted(str(p) for p in folder.rglob("*"))

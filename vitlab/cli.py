@@ -205,6 +205,8 @@ class VitlabCLI(LightningCLI):
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
         extra = [LearningRateMonitor(logging_interval="step"), RunPlots(), PredictionWriter(), ResumeState()]
         best = self._get(self.config_init, "checkpoint", default=None)
+        if self._checkpointing_off():  # trainer.enable_checkpointing: false -> no checkpoint callback at all
+            best = None
         if isinstance(best, ModelCheckpoint) and best.save_last:  # last.ckpt comes from LastCheckpoint instead
             best.save_last = False
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -224,6 +226,16 @@ class VitlabCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
+
+
+    def _checkpointing_off(self) -> bool:
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        return trainer_config.get("enable_checkpointing") is False
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        if self._checkpointing_off():  # Lightning refuses a ModelCheckpoint with enable_checkpointing=False
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def check_checkpoint(path: str) -> None:

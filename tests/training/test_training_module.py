@@ -2,6 +2,7 @@
 schedule, mixup, EMA in validation, predict_step, bad values."""
 import inspect
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -111,7 +112,10 @@ def test_ema_weights_are_used_in_validation(tmp_path, fashion_mnist_available):
     m = tiny(ema_decay=0.5, base_lr=0.05, base_batch_size=16, warmup_epochs=0)
     dm = data(batch_size=16)
     t = trainer(tmp_path, max_steps=4, limit_val_batches=0)
-    t.fit(m, datamodule=dm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(m, datamodule=dm)
+    assert not [w for w in caught if "in eval mode" in str(w.message)], "the EMA copy set off Lightning's warning"
     assert not any(p.requires_grad for p in m.ema.parameters())
     raw, ema = m.model.state_dict(), m.ema.module.state_dict()
     assert any(not torch.allclose(raw[k], ema[k]) for k in raw), "EMA should lag the trained weights"

@@ -306,6 +306,7 @@ class ImageClassifier(L.LightningModule):
         checkpoints stay loadable without it)."""
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            self.eval_model.to(memory_format=torch.channels_last)  # the EMA copy too, for validation
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.model.compile(backend=self.hparams.compile_backend)
             self._compiled = True
@@ -320,6 +321,8 @@ class ImageClassifier(L.LightningModule):
         if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
             raise ValueError("ema_decay is not supported with FSDP (the EMA copy would be sharded); "
                              "use DDP or set model.ema_decay null")
+        if self.ema is not None:  # the copy only averages during training (no forward); Lightning's eval()
+            self.ema.train()      # covers validation. In eval mode it set off "N module(s) in eval mode".
 
     # ---------------------------------------------------------------- what trains when (fine-tuning)
     def _freezing(self) -> bool:
