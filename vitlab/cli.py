@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.training.callbacks import PredictionWriter, RunPlots
-from vitlab.tools.machine import trainer_precision
+from vitlab.tools.machine import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 
@@ -318,6 +318,7 @@ _DESCRIPTION = ("Train, evaluate and predict with vitlab Vision Transformers. "
 def main(args: list[str] | None = None) -> int:
     """Run ``vitlab`` with ``args`` (default: the command line); returns the exit code."""
     argv = sys.argv[1:] if args is None else list(args)
+    keep_freed_memory()  # no page-fault storm from re-allocating activations on CPU (see its docstring)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:]) or 0
     # TensorBoard and CSV share the run folder on purpose; the CSV logger would warn that it is not empty
