@@ -88,3 +88,16 @@ def test_paired_ratios_and_channels_last_comparison():
     r = bench.main(TINY + FAST + ["--no-infer"])
     values = r["paired_ratios"]["train vitlab/timm"]["values"]
     assert len(values) == 2 and all(v > 0 for v in values)
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    torch = pytest.importorskip("torch")
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    model = torch.nn.Linear(2, 2)
+    assert bench.compile_model(model, "default") is model and bench.compile_model(model, "max-autotune") is model
+    assert seen == [None, "max-autotune"]
+    assert bench.build_parser().parse_args(["--compile-mode", "max-autotune-no-cudagraphs"]).compile_mode == \
+        "max-autotune-no-cudagraphs"
+    with pytest.raises(SystemExit):  # argparse names the bad choice
+        bench.build_parser().parse_args(["--compile-mode", "fastest"])

@@ -51,6 +51,7 @@ def test_preset_with_overrides():
     (dict(base_batch_size=0), "base_batch_size"), (dict(betas=(0.9, 1.5)), "betas"),
     (dict(tokenizer="bogus"), "bogus"), (dict(num_classes=1), "num_classes"), (dict(preset="nope"), "nope"),
     (dict(embed_dim=30, num_heads=4), "embed_dim=30"),
+    (dict(compile=True, compile_backend="eager", compile_mode="max-autotune"), "compile_mode='max-autotune'"),
 ])
 def test_bad_values_raise_value_error_naming_them(kwargs, named):
     with pytest.raises(ValueError, match=named):

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- models
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def build_timm(model: VisionTransformer) -> nn.Module:
     """timm's ``VisionTransformer`` with ``model``'s shapes, regularisation and weights (patch tokenizer only)."""
     from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -90,11 +93,16 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def compile_model(model: nn.Module, mode: str = "default") -> Callable[..., torch.Tensor]:
+    """``torch.compile(model, mode=mode)``; "default" passes no mode."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
-                  compiled: bool) -> Callable[[], None]:
+                  compiled: bool, compile_mode: str = "default") -> Callable[[], None]:
     model.train()
     opt = make_optimizer(model, x.device)
-    fwd = torch.compile(model) if compiled else model
+    fwd = compile_model(model, compile_mode) if compiled else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -106,9 +114,10 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision:
     return step
 
 
-def infer_fn(model: nn.Module, x: torch.Tensor, precision: str, compiled: bool) -> Callable[[], None]:
+def infer_fn(model: nn.Module, x: torch.Tensor, precision: str, compiled: bool,
+             compile_mode: str = "default") -> Callable[[], None]:
     model.eval()
-    fwd = torch.compile(model) if compiled else model
+    fwd = compile_model(model, compile_mode) if compiled else model
 
     def step() -> None:
         with torch.inference_mode(), autocast(x.device, precision):
@@ -256,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on a CUDA GPU with bf16, else fp32")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of both models")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile mode (max-autotune* also tunes the matmul kernels; slow to compile)")
     p.add_argument("--onnx", action="store_true", help="also measure onnxruntime CPU inference")
     p.add_argument("--lightning-overhead", action="store_true", help="also measure Trainer.fit vs a bare loop")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input (conv stems)")
@@ -333,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads(),
                    "loadavg_before": load_before},
         "precision": precision, "requested_precision": args.precision, "tf32": tf32, "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "channels_last": args.channels_last, "compare_channels_last": args.compare_channels_last,
         "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
         "versions": _versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -350,7 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fns = {}
                 for key, m in models.items():
                     try:
-                        fns[key] = train_step_fn(copy.deepcopy(m), inputs[key], y, precision, compiled)
+                        fns[key] = train_step_fn(copy.deepcopy(m), inputs[key], y, precision, compiled,
+                                                    args.compile_mode)
                     except Exception as err:  # torch.compile without a working compiler
                         notes.append(f"train {key} compiled={compiled} skipped: {type(err).__name__}: {err}")
                 times, mem = _guarded(interleaved, fns, args, device, notes, f"train compiled={compiled}")
@@ -359,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     result["train"][label] = summarise(t, images, train_flops, peak_tflops, sheet, mem[key])
         if not args.no_infer:
             for compiled in variants:
-                fns = {key: infer_fn(m, inputs[key], precision, compiled) for key, m in models.items()}
+                fns = {key: infer_fn(m, inputs[key], precision, compiled, args.compile_mode)
+                       for key, m in models.items()}
                 if args.onnx and not compiled:
                     with tempfile.TemporaryDirectory() as folder:
                         try:
@@ -463,7 +477,8 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(f"[bold]{result['model'] or 'ViTConfig'}[/] batch {result['batch_size']}, {result['precision']}"
                   f"{' (TF32)' if result['tf32'] else ''} on {d['name']} ({d['type']}, {d['threads']} threads); "
                   f"{f['params_m']:.2f}M params, {f['forward_gflops_per_img']:.3f} GFLOPs/img forward; "
-                  f"matmul peak {p['matmul_tflops']:.2f} TFLOP/s measured{sheet}; load {d['loadavg_before']}")
+                  f"matmul peak {p['matmul_tflops']:.2f} TFLOP/s measured{sheet}; load {d['loadavg_before']}"
+                  + (f"; torch.compile mode {result['compile_mode']}" if result.get("compile_mode") else ""))
     table = Table(show_lines=False)
     for col in ("mode", "impl", "img/s", "runs min-max", "TFLOP/s", "MFU", "MFU sheet", "peak MB"):
         table.add_column(col, justify="left" if col in ("mode", "impl") else "right")

@@ -80,7 +80,7 @@ class ImageClassifier(L.LightningModule):
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
             ``train/skipped_steps``, stopping only after ``MAX_CONSECUTIVE_SKIPS`` skips in a row. Either way no
             broken weights reach a checkpoint.
-        compile: ``torch.compile`` the network (in place, with ``compile_backend``).
+        compile: ``torch.compile`` the network (in place, with ``compile_backend`` and ``compile_mode``).
         channels_last: channels_last memory format for the model and the training images (conv tokenizers).
     """
 
@@ -137,6 +137,7 @@ class ImageClassifier(L.LightningModule):
         # ---- speed
         compile: bool = False,
         compile_backend: str = "inductor",
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -156,6 +157,8 @@ class ImageClassifier(L.LightningModule):
             _check("layer_decay", layer_decay, low=0.0, high=1.0 + 1e-9, low_open=True)
         if unfreeze_every_epochs is not None:
             _check("unfreeze_every_epochs", unfreeze_every_epochs, low=0.0, low_open=True)
+        if compile_mode != "default" and compile_backend != "inductor":
+            raise ValueError(f"compile_mode={compile_mode!r} is inductor's; compile_backend is {compile_backend!r}")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         if freeze not in ("none", "backbone"):
@@ -308,7 +311,8 @@ class ImageClassifier(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
             self.eval_model.to(memory_format=torch.channels_last)  # the EMA copy too, for validation
         if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.model.compile(backend=self.hparams.compile_backend)
+            mode = self.hparams.compile_mode
+            self.model.compile(backend=self.hparams.compile_backend, mode=None if mode == "default" else mode)
             self._compiled = True
 
     def setup(self, stage: str) -> None:
