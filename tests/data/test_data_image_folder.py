@@ -84,3 +84,17 @@ def test_imagenet_defaults(image_tree):
     dm.setup("validate")
     x, _ = next(iter(dm.val_dataloader()))
     assert x.shape == (2, 3, 224, 224)
+
+
+def test_randaugment_posterize_at_zero_bits_gives_black_not_an_error():
+    """timm asks Pillow for 0 bits at RandAugment magnitude 10; Pillow >= 13 raises there, vitlab's op gives black."""
+    from PIL import Image
+    from timm.data import auto_augment
+
+    import vitlab.data.transforms  # noqa: F401  (installs the safe op)
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    for name in ("PosterizeIncreasing", "Posterize"):
+        op = auto_augment.AugmentOp(name, prob=1.0, magnitude=10, hparams={"magnitude_std": 0})
+        assert op(img).getextrema() == ((0, 0), (0, 0), (0, 0)) if name == "PosterizeIncreasing" else op(img)
+    kept = auto_augment.NAME_TO_OP["Posterize"](img, 8)
+    assert kept is img and auto_augment.NAME_TO_OP["Posterize"](img, 1).getpixel((0, 0)) == (128, 0, 0)

@@ -3,7 +3,23 @@ ImageNet pipelines for image files."""
 
 import timm.data
 import torch
+from PIL import Image
+from timm.data import auto_augment
 from torchvision.transforms import v2
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **__) -> Image.Image:
+    """timm's RandAugment posterize, safe at 0 bits. At magnitude 10 (reached with ``mstd``) timm asks for 0 bits;
+    Pillow < 13 gave a black image, Pillow >= 13 raises "bits must be between or equal to 1 and 8" mid-epoch."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)  # every bit dropped: black, as before Pillow 13
+    return auto_augment.ImageOps.posterize(img, bits_to_keep)
+
+
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):  # AugmentOp looks them up when built
+    auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 def channel_transform(native_chans: int, in_chans: int) -> v2.Transform:
