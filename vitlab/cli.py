@@ -227,7 +227,6 @@ class VitlabCLI(LightningCLI):
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
 
-
     def _checkpointing_off(self) -> bool:
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
         return trainer_config.get("enable_checkpointing") is False

@@ -211,11 +211,6 @@ def measure_matmul_tflops(device: str | torch.device, dtype: torch.dtype = torch
     return best
 
 
-__all__ = ["cpu_name", "cpu_flags", "cpu_has_bf16", "cuda_has_bf16", "default_precision", "resolve_precision",
-           "default_num_workers", "default_loader_kwargs", "device_name", "datasheet_peak_tflops",
-           "measure_matmul_tflops", "DATASHEET_TFLOPS"]
-
-
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD_MAX = 32 * 2 ** 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
@@ -249,3 +244,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(ok)
+
+
+__all__ = ["cpu_name", "cpu_flags", "cpu_has_bf16", "cuda_has_bf16", "default_precision", "resolve_precision",
+           "default_num_workers", "default_loader_kwargs", "device_name", "datasheet_peak_tflops",
+           "measure_matmul_tflops", "DATASHEET_TFLOPS",
+           "keep_freed_memory"]

@@ -309,7 +309,8 @@ class ImageClassifier(L.LightningModule):
         checkpoints stay loadable without it)."""
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
-            self.eval_model.to(memory_format=torch.channels_last)  # the EMA copy too, for validation
+            if self.ema is not None:  # the EMA copy too: it runs validation
+                self.ema.to(memory_format=torch.channels_last)
         if self.hparams.compile and not getattr(self, "_compiled", False):
             mode = self.hparams.compile_mode
             self.model.compile(backend=self.hparams.compile_backend, mode=None if mode == "default" else mode)
