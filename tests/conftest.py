@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))  # data_files
 from data_files import save_image  # noqa: E402
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+# Debian's dataset-fashion-mnist; elsewhere (a GPU box without the package) a folder with the same IDX files
+FASHION_MNIST_DIR = os.environ.get("VITLAB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 # A model small enough for a shared 2-core CPU: 2 blocks of width 32 on a 4x4 grid of 7x7 patches (28 px).
 TINY_MODEL = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",

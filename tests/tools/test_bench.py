@@ -13,7 +13,7 @@ FAST = ["--batch-size", "4", "--repeats", "2", "--steps", "1", "--warmup", "1", 
 
 def test_bench_vs_timm_with_lightning_overhead(tmp_path):
     out = tmp_path / "bench.json"
-    r = bench.main(TINY + FAST + ["--lightning-overhead", "--out", str(out)])
+    r = bench.main(TINY + FAST + ["--steps", "3", "--lightning-overhead", "--out", str(out)])
     assert json.loads(out.read_text())["ratios"] == r["ratios"]
     assert r["device"]["type"] == "cpu" and r["device"]["name"] and r["precision"] == "fp32"
     assert r["flops"]["forward_gflops_per_img"] > 0 and r["peak"]["matmul_tflops"] > 0
@@ -25,7 +25,14 @@ def test_bench_vs_timm_with_lightning_overhead(tmp_path):
         assert r["ratios"][f"{mode} vitlab/timm"] > 0
     assert r["peak_rss_mb"] > 0
     lt = r["lightning"]
-    assert lt["fit_s"] > 0 and lt["bare_s"] > 0 and lt["ratio"] == pytest.approx(lt["fit_s"] / lt["bare_s"])
+    assert lt["steady_steps"] == 2 and len(lt["fit_steady_s_runs"]) == len(lt["bare_s_runs"]) == 2
+    assert 0 < lt["fit_steady_s"] < lt["fit_s"] and 0 < lt["bare_steady_s"] < lt["bare_s"]
+    assert lt["ratio"] == pytest.approx(lt["fit_steady_s"] / lt["bare_steady_s"])
+    pairs = zip(lt["fit_steady_s_runs"], lt["bare_steady_s_runs"])
+    assert lt["paired"]["values"] == pytest.approx([a / b for a, b in pairs])
+    assert lt["fixed_fit_s"] == pytest.approx(lt["fit_s"] - lt["fit_steady_s"]) and lt["fixed_bare_s"] > 0
+    with pytest.raises(SystemExit, match="steps >= 2"):
+        bench.main(TINY + FAST + ["--no-train", "--no-infer", "--lightning-overhead"])
 
 
 def test_conv_tokenizer_benches_alone_with_a_note():

@@ -149,3 +149,47 @@ def test_predict_step_top_k():
 def test_top5_only_with_five_classes_or_more():
     assert set(tiny(num_classes=4).val_metrics.keys()) == {"val/acc1"}
     assert set(tiny(num_classes=10).val_metrics.keys()) == {"val/acc1", "val/acc5"}
+
+
+def test_fused_adamw_with_bf16_autocast_and_gradient_clipping(tmp_path, fashion_mnist_available, monkeypatch):
+    """The GPU setting (fused AdamW, bf16-mixed, gradient_clip_val) trains and clips; Lightning's AMP plugin alone
+    refuses to clip for a fused optimizer. Run on CPU with the fused CPU AdamW (a few tiny bf16 steps)."""
+    from vitlab.training import module as module_lib
+
+    monkeypatch.setattr(module_lib, "use_fused_adamw", lambda *args: True)
+    m = tiny()
+    t = trainer(tmp_path, precision="bf16-mixed", gradient_clip_val=0.5, max_steps=2, limit_val_batches=0)
+    t.fit(m, datamodule=data())
+    opt = t.optimizers[0]
+    assert opt.defaults["fused"] and t.global_step == 2
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    m.configure_gradient_clipping(opt, 0.5, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in m.parameters()]))
+    assert norm.item() == pytest.approx(0.5, rel=1e-3)
+    m.configure_gradient_clipping(opt, 0.01, "value")
+    assert max(p.grad.abs().max().item() for p in m.parameters()) <= 0.01 + 1e-9
+
+
+def test_fused_adamw_only_where_it_can_be_clipped():
+    from types import SimpleNamespace
+
+    from vitlab.training.module import use_fused_adamw
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    bf16, fp16 = SimpleNamespace(scaler=None), SimpleNamespace(scaler=object())
+    assert use_fused_adamw(cuda, bf16, 1.0) and use_fused_adamw(cuda, fp16, None) and use_fused_adamw(cuda, bf16, None)
+    assert not use_fused_adamw(cuda, fp16, 1.0)  # fp16 loss scaling + clipping: foreach
+    assert not use_fused_adamw(cpu, bf16, None)
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_with_bf16_fused_adamw_and_clipping(tmp_path, fashion_mnist_available):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    m = tiny()
+    t = trainer(tmp_path, accelerator="gpu", precision="bf16-mixed", gradient_clip_val=1.0, max_steps=4,
+                limit_val_batches=2)
+    t.fit(m, datamodule=data())
+    assert t.optimizers[0].defaults["fused"] and t.global_step == 4
+    assert math.isfinite(t.callback_metrics["val/loss"].item())

@@ -9,7 +9,7 @@ when the machine is warmer or busier), over several repeats:
   the same device in the same run, and against the data-sheet peak of known GPUs;
 * peak memory (CUDA ``max_memory_allocated``; the process's max RSS on CPU);
 * Lightning's overhead (``--lightning-overhead``): the same training steps through ``Trainer.fit`` against a bare
-  PyTorch loop over the same in-memory data.
+  PyTorch loop over the same in-memory data, steady steps (2..N) compared, each run's fixed cost reported apart.
 
     vitlab bench --model vit_micro_patch4_28 --batch-size 128 --threads 2 --out bench.json
     python -m vitlab.tools.bench --model vit_small_patch16_224 --device cuda --precision bf16 --compile
@@ -188,7 +188,14 @@ def summarise(times: list[float], images: int, flops_per_img: float, peak_tflops
 # ----------------------------------------------------------------------------------------------- Lightning
 def lightning_overhead(model: nn.Module, cfg: ViTConfig, batch_size: int, steps: int, repeats: int,
                        device: torch.device, precision: str) -> dict[str, Any]:
-    """Wall time of ``steps`` training steps through ``Trainer.fit`` and through a bare loop, interleaved."""
+    """``steps`` training steps through ``Trainer.fit`` and through a bare loop, interleaved ``repeats`` times
+    after one untimed round of each.
+
+    Two figures per run: the steady time of steps 2..``steps`` (the overhead that grows with a run: what the
+    ratio compares) and the fixed cost, everything else (Trainer and strategy set-up, the first step, and on a
+    GPU Lightning's teardown, which moves the model back to the CPU). Short runs on a fast GPU are dominated by
+    the fixed cost, which a real run pays once.
+    """
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -206,6 +213,17 @@ def lightning_overhead(model: nn.Module, cfg: ViTConfig, batch_size: int, steps:
         def configure_optimizers(self):
             return make_optimizer(self.net, self.device)
 
+    class StepClock(L.Callback):
+        """Device-synchronised clock readings at the end of the first and of the last training step."""
+
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx in (0, steps - 1):
+                _sync(device)
+                self.marks.append(time.perf_counter())
+
     g = torch.Generator().manual_seed(0)
     n = batch_size * steps
     data = TensorDataset(torch.randn(n, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g),
@@ -216,42 +234,63 @@ def lightning_overhead(model: nn.Module, cfg: ViTConfig, batch_size: int, steps:
     def loader() -> DataLoader:
         return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0, pin_memory=pin)
 
-    def run_lightning() -> None:
+    def run_lightning() -> tuple[float, float]:  # (whole run, steady steps 2..steps) in seconds
+        clock = StepClock()
+        start = time.perf_counter()
         trainer = L.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, max_steps=steps,
             precision="bf16-mixed" if precision == "bf16" else "32-true", logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+            callbacks=[clock])
         trainer.fit(BenchModule(copy.deepcopy(initial)), train_dataloaders=loader())
+        _sync(device)
+        return time.perf_counter() - start, clock.marks[1] - clock.marks[0]
 
-    def run_bare() -> None:
+    def run_bare() -> tuple[float, float]:
+        start = time.perf_counter()
         net = copy.deepcopy(initial).to(device)
         net.train()
         opt = make_optimizer(net, device)
-        for x, y in loader():
+        marks = []
+        for i, (x, y) in enumerate(loader()):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 loss = F.cross_entropy(net(x), y)
             loss.backward()
             opt.step()
+            if i in (0, steps - 1):
+                _sync(device)
+                marks.append(time.perf_counter())
         _sync(device)
+        return time.perf_counter() - start, marks[1] - marks[0]
 
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.ERROR)
+    runs: dict[str, list[tuple[float, float]]] = {"lightning": [], "bare": []}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            times, _ = interleaved({"lightning": run_lightning, "bare": run_bare}, steps=1, warmup=1,
-                                   repeats=repeats, device=device)
+            for r in range(repeats + 1):  # round 0: warm-up (library init, kernel choice), not kept
+                for name in ("lightning", "bare") if r % 2 == 0 else ("bare", "lightning"):
+                    timing = (run_lightning if name == "lightning" else run_bare)()
+                    if r > 0:
+                        runs[name].append(timing)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
-    fit_s, bare_s = statistics.median(times["lightning"]), statistics.median(times["bare"])
-    return {"steps": steps, "fit_s": fit_s, "bare_s": bare_s, "fit_s_runs": times["lightning"],
-            "bare_s_runs": times["bare"], "ratio": fit_s / bare_s, "overhead_pct": 100 * (fit_s / bare_s - 1),
-            "overhead_ms_per_step": 1e3 * (fit_s - bare_s) / steps}
+    med = {name: (statistics.median(t for t, _ in v), statistics.median(s for _, s in v)) for name, v in runs.items()}
+    (fit_s, fit_steady), (bare_s, bare_steady) = med["lightning"], med["bare"]
+    return {"steps": steps, "steady_steps": steps - 1, "fit_s": fit_s, "bare_s": bare_s,
+            "fit_steady_s": fit_steady, "bare_steady_s": bare_steady,
+            "fit_s_runs": [t for t, _ in runs["lightning"]], "bare_s_runs": [t for t, _ in runs["bare"]],
+            "fit_steady_s_runs": [s for _, s in runs["lightning"]], "bare_steady_s_runs": [s for _, s in runs["bare"]],
+            "ratio": fit_steady / bare_steady, "overhead_pct": 100 * (fit_steady / bare_steady - 1),
+            "paired": paired_stats([s for _, s in runs["lightning"]], [s for _, s in runs["bare"]]),
+            "overhead_ms_per_step": 1e3 * (fit_steady - bare_steady) / (steps - 1),
+            "fixed_fit_s": fit_s - fit_steady, "fixed_bare_s": bare_s - bare_steady}
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -296,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("batch_size", "repeats", "steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lightning_overhead and args.steps < 2:
+        raise SystemExit("--lightning-overhead needs --steps >= 2 (the first step is set-up, not timed as steady)")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -452,11 +493,15 @@ def _paired_ratios(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         r = result[mode]
         for a, b, label in RATIO_PAIRS:
             if a in r and b in r and len(r[a]["img_s_runs"]) == len(r[b]["img_s_runs"]):
-                values = [ra / rb for ra, rb in zip(r[a]["img_s_runs"], r[b]["img_s_runs"])]
-                q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-                out[f"{mode} {label}"] = {"median": statistics.median(values), "q25": q[0], "q75": q[2],
-                                          "values": values}
+                out[f"{mode} {label}"] = paired_stats(r[a]["img_s_runs"], r[b]["img_s_runs"])
     return out
+
+
+def paired_stats(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Median, quartiles and values of the per-round ratios a[i] / b[i]."""
+    values = [x / y for x, y in zip(a, b)]
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": statistics.median(values), "q25": q[0], "q75": q[2], "values": values}
 
 
 def _versions() -> dict[str, str]:
@@ -497,9 +542,12 @@ def print_report(result: dict[str, Any]) -> None:
         console.print(f"  {k}: [bold]{v:.3f}x[/]{extra}")
     if "lightning" in result:
         lt = result["lightning"]
-        console.print(f"  Lightning Trainer.fit vs bare loop ({lt['steps']} steps): {lt['fit_s']:.3f} s vs "
-                      f"{lt['bare_s']:.3f} s = [bold]{lt['ratio']:.3f}x[/] ({lt['overhead_pct']:+.1f} %, "
-                      f"{lt['overhead_ms_per_step']:+.1f} ms/step)")
+        pr = lt["paired"]
+        console.print(f"  Lightning Trainer.fit vs bare loop, steps 2-{lt['steps']}: {lt['fit_steady_s']:.3f} s vs "
+                      f"{lt['bare_steady_s']:.3f} s = [bold]{lt['ratio']:.3f}x[/] ({lt['overhead_pct']:+.1f} %, "
+                      f"{lt['overhead_ms_per_step']:+.2f} ms/step; paired per round: median {pr['median']:.3f}x, "
+                      f"quartiles {pr['q25']:.3f}-{pr['q75']:.3f}); fixed cost per run (set-up, first step, "
+                      f"teardown) {lt['fixed_fit_s']:.3f} s vs {lt['fixed_bare_s']:.3f} s")
     console.print(f"  peak RSS {result['peak_rss_mb']:.0f} MB")
     for n in result["notes"]:
         console.print(f"  [yellow]note:[/] {n}")

@@ -15,7 +15,8 @@ from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -383,7 +384,7 @@ class ImageClassifier(L.LightningModule):
                        f"/ {hp.base_batch_size} = {self.lr:.4g}")
 
         # 2. AdamW; fused kernels on CUDA, foreach elsewhere
-        fused = self.device.type == "cuda"
+        fused = use_fused_adamw(self.device, trainer.precision_plugin, trainer.gradient_clip_val)
         groups = self.param_groups(hp.weight_decay)
         for group in groups:
             group["lr"] = self.lr * group["lr_scale"]  # LambdaLR scales each group's own initial lr
@@ -396,6 +397,29 @@ class ImageClassifier(L.LightningModule):
                            min_ratio=min(1.0, hp.min_lr / self.lr))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as Lightning does, and also under bf16 autocast with the fused AdamW.
+
+        Lightning's AMP plugin refuses to clip for any optimizer that unscales inside its step (fused AdamW),
+        because of fp16's loss scaler. bf16-mixed has no scaler: the gradients are the real ones, so clipping them
+        before the fused step is exact, and the base plugin's clipping is used.
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def use_fused_adamw(device: torch.device, precision_plugin: Any, gradient_clip_val: float | None) -> bool:
+    """Fused AdamW kernels on CUDA, except with fp16 loss scaling and gradient clipping together: the fused step
+    unscales the gradients itself, so they could only be clipped while still scaled (Lightning refuses that)."""
+    scaled = getattr(precision_plugin, "scaler", None) is not None
+    return device.type == "cuda" and not (scaled and bool(gradient_clip_val))
 
 
 class CheckpointMismatchError(ValueError):
