@@ -281,14 +281,15 @@ def lightning_overhead(model: nn.Module, cfg: ViTConfig, batch_size: int, steps:
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
-    med = {name: (statistics.median(t for t, _ in v), statistics.median(s for _, s in v)) for name, v in runs.items()}
-    (fit_s, fit_steady), (bare_s, bare_steady) = med["lightning"], med["bare"]
+    (fit_runs, fit_steady_runs), (bare_runs, bare_steady_runs) = (
+        map(list, zip(*runs[name])) for name in ("lightning", "bare"))
+    fit_s, fit_steady = statistics.median(fit_runs), statistics.median(fit_steady_runs)
+    bare_s, bare_steady = statistics.median(bare_runs), statistics.median(bare_steady_runs)
     return {"steps": steps, "steady_steps": steps - 1, "fit_s": fit_s, "bare_s": bare_s,
-            "fit_steady_s": fit_steady, "bare_steady_s": bare_steady,
-            "fit_s_runs": [t for t, _ in runs["lightning"]], "bare_s_runs": [t for t, _ in runs["bare"]],
-            "fit_steady_s_runs": [s for _, s in runs["lightning"]], "bare_steady_s_runs": [s for _, s in runs["bare"]],
+            "fit_steady_s": fit_steady, "bare_steady_s": bare_steady, "fit_s_runs": fit_runs,
+            "bare_s_runs": bare_runs, "fit_steady_s_runs": fit_steady_runs, "bare_steady_s_runs": bare_steady_runs,
             "ratio": fit_steady / bare_steady, "overhead_pct": 100 * (fit_steady / bare_steady - 1),
-            "paired": paired_stats([s for _, s in runs["lightning"]], [s for _, s in runs["bare"]]),
+            "paired": paired_stats(fit_steady_runs, bare_steady_runs),
             "overhead_ms_per_step": 1e3 * (fit_steady - bare_steady) / (steps - 1),
             "fixed_fit_s": fit_s - fit_steady, "fixed_bare_s": bare_s - bare_steady}
 

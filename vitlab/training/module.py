@@ -383,7 +383,7 @@ class ImageClassifier(L.LightningModule):
                        f"({per_process} x {trainer.world_size} processes x {accumulate} accumulated) "
                        f"/ {hp.base_batch_size} = {self.lr:.4g}")
 
-        # 2. AdamW; fused kernels on CUDA, foreach elsewhere
+        # 2. AdamW; fused kernels on CUDA (unless fp16 loss scaling meets clipping), foreach elsewhere
         fused = use_fused_adamw(self.device, trainer.precision_plugin, trainer.gradient_clip_val)
         groups = self.param_groups(hp.weight_decay)
         for group in groups:
@@ -397,7 +397,6 @@ class ImageClassifier(L.LightningModule):
                            min_ratio=min(1.0, hp.min_lr / self.lr))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
