@@ -84,6 +84,12 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     metrics = read_epoch_metrics(str(test_dir / "metrics.csv"))
     assert 0.0 <= last_value(test_dir, "test/acc1") <= last_value(test_dir, "test/acc5") <= 1.0
     assert "test/loss" in metrics
+    # an evaluation setting on the command line wins over the checkpoint's hyperparameters (Lightning's CLI
+    # would otherwise restore tta="none" from the checkpoint)
+    assert cli.main(["test", "-c", str(config), "--ckpt_path", "best", "--model.tta", "flip"]) == 0
+    flip_dir = run_folder(runs, "fm")
+    assert "tta: flip" in (flip_dir / "config.yaml").read_text()
+    assert last_value(flip_dir, "test/loss") != pytest.approx(last_value(test_dir, "test/loss"), abs=1e-6)
 
     # predict a folder of PNGs (one broken) with class names
     from vitlab.data.fashion_mnist import read_idx

@@ -106,6 +106,9 @@ def one_line_error(message: str) -> str:
     return result
 
 
+EVAL_ARGS = ("tta", "top_k")  # model arguments a checkpoint's hyperparameters do not override
+
+
 class VitlabCLI(LightningCLI):
     """LightningCLI with vitlab's run folder, links and default callbacks.
 
@@ -174,7 +177,11 @@ class VitlabCLI(LightningCLI):
                     check_checkpoint(config.ckpt_path)
                 except ValueError as e:
                     self._parser(subcommand).error(str(e))
+        # Lightning replaces the model's arguments by the checkpoint's; how to evaluate comes from this command
+        kept = {k: config.model[k] for k in EVAL_ARGS if config is not None and k in config.get("model", {})}
         super()._parse_ckpt_path()
+        for key, value in kept.items():
+            self.config[subcommand].model[key] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

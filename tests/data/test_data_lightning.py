@@ -89,3 +89,26 @@ def test_on_device_loaders_match_the_per_sample_path_in_a_fit(tmp_path, fashion_
 def test_on_device_must_be_a_bool(tmp_path):
     with pytest.raises(ValueError, match="on_device must be true or false, got 'yes'"):
         FashionMNISTDataModule(data_dir=str(tmp_path), on_device="yes")
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_random_erasing_on_both_paths_touches_training_images_only(tmp_path, on_device):
+    """random_erasing=1: every training image has a rectangle of noise (timm's RandomErasing per sample, or the
+    batched device version); validation images are untouched."""
+    write_fashion_mnist(tmp_path, n_train=40, n_test=12)
+    kw = dict(data_dir=str(tmp_path), batch_size=30, num_workers=0, val_split=10, augment=True, on_device=on_device)
+    plain, erased = FashionMNISTDataModule(**kw), FashionMNISTDataModule(**kw, random_erasing=1.0)
+    for dm in (plain, erased):
+        dm.crop_padding = 0  # no crop, so only the flip and the erasing are random
+        dm.setup("fit")
+    torch.manual_seed(0)
+    x, y = next(iter(plain.train_dataloader()))
+    xe, ye = next(iter(erased.train_dataloader()))
+    assert torch.equal(y, ye)  # the same images in the same order
+    unflipped = torch.minimum((xe - x).abs(), (xe - x.flip(-1)).abs()).flatten(1)  # (B, H*W) either flip
+    changed = (unflipped > 1e-6).float().mean(1)  # share of the pixels erased per image
+    assert (changed > 0).all() and (changed <= 0.5).all(), changed
+    for a, b in zip(plain.val_dataloader(), erased.val_dataloader(), strict=True):
+        assert torch.equal(a[0], b[0])
+    with pytest.raises(ValueError, match="random_erasing must be a probability in \\[0, 1\\], got -0.1"):
+        FashionMNISTDataModule(data_dir=str(tmp_path), random_erasing=-0.1)

@@ -81,6 +81,30 @@ def test_crop_and_flip_keep_content(data):
         assert any(same(windows[:, r, c], x[i]) for r in range(5) for c in range(5))
 
 
+def test_random_erasing_fills_one_rectangle_with_noise(data):
+    plain = loader(data, pad=0, flip=False, batch_size=N)
+    erased = loader(data, pad=0, flip=False, batch_size=N, erase=1.0)
+    (x, y), (xe, ye) = next(iter(plain)), next(iter(erased))
+    assert torch.equal(y, ye)  # same order: only the erasing differs
+    changed = (x != xe).any(dim=1)  # (N, S, S)
+    for i in range(N):
+        rows, cols = changed[i].any(1).nonzero(), changed[i].any(0).nonzero()
+        assert len(rows) and len(cols), f"image {i} not erased with erase=1"
+        box = changed[i, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.9  # one filled rectangle (noise may equal a pixel by chance)
+        assert box.numel() <= S * S * 0.5  # at most 1/3 of the area, plus rounding at this tiny size
+    assert (xe[changed.unsqueeze(1).expand_as(xe)]).std() > 0.5  # normal noise in normalised units
+    again = next(iter(loader(data, pad=0, flip=False, batch_size=N, erase=1.0)))[0]
+    assert torch.equal(again, xe)  # seeded like the rest of the augmentation
+    half = loader(data, pad=0, flip=False, batch_size=N, erase=0.5)
+    share = (next(iter(half))[0] != x).flatten(1).any(1).float().mean()
+    assert 0.15 < share < 0.85
+    evaluation = [next(iter(loader(data, train=False, batch_size=N, erase=e)))[0] for e in (1.0, 0.0)]
+    assert torch.equal(*evaluation)  # evaluation batches are never erased
+    with pytest.raises(ValueError, match="erase must be a probability in \\[0, 1\\], got 1.5"):
+        loader(data, erase=1.5)
+
+
 def test_channels_and_resize(data):
     images, labels = data
     gray = DeviceCachedLoader(images[:, :1], labels, 8, (0.0,) * 3, (1.0,) * 3, train=False, device="cpu",

@@ -146,6 +146,23 @@ def test_predict_step_top_k():
                                                      0)["classes"].shape == (1, 2)
 
 
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
+    torch.manual_seed(0)
+    plain, tta = tiny().eval(), tiny(tta="flip").eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        p, q = plain.eval_logits(x).softmax(-1), plain.eval_logits(x.flip(-1)).softmax(-1)
+        both = tta.eval_logits(x)  # (B, K) log of the mean probabilities
+        torch.testing.assert_close(both.exp(), (p + q) / 2)
+        torch.testing.assert_close(tta.eval_logits(x.flip(-1)), both)  # an image and its mirror agree
+        assert not torch.allclose(p, q)  # so the average is not the plain output
+        out = tta.predict_step((x, torch.arange(4)), 0)
+    torch.testing.assert_close(out["probs"][:, 0], both.exp().max(-1).values)
+    with pytest.raises(ValueError, match="tta must be 'none' or 'flip', got 'rot90'"):
+        tiny(tta="rot90")
+
+
 def test_top5_only_with_five_classes_or_more():
     assert set(tiny(num_classes=4).val_metrics.keys()) == {"val/acc1"}
     assert set(tiny(num_classes=10).val_metrics.keys()) == {"val/acc1", "val/acc5"}

@@ -74,6 +74,9 @@ class DeviceCachedLoader:
         train: Shuffle and augment (random crop + flip); False keeps the order and only converts.
         pad: Zero padding of the random crop; 0 = no crop.
         flip: Random horizontal flip (train only).
+        erase: Random-erasing probability per training image (timm's ``RandomErasing`` in its "pixel" mode,
+            batched: a rectangle of 2-33 % of the area, aspect 0.3-3.3, filled with normal noise after
+            normalisation); 0 = off.
         device: Where the set lives and batches are made; default the current CUDA device, else CPU.
         seed: Seed of the shuffling and the augmentation.
         img_size: Output side (bilinear, antialiased resize after augmentation); None keeps the stored size.
@@ -87,7 +90,8 @@ class DeviceCachedLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True,
-                 device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
+                 erase: float = 0.0, device: str | torch.device | None = None, seed: int = 0,
+                 img_size: int | None = None,
                  in_chans: int | None = None, drop_last: bool | None = None, rank: int | None = None,
                  world_size: int | None = None) -> None:
         if images.dtype != torch.uint8:
@@ -109,7 +113,9 @@ class DeviceCachedLoader:
         self.device = torch.device(device) if device is not None else _default_device()
         self.images = images.to(self.device)  # (N, C, H, W) uint8, once
         self.labels = labels.to(self.device, torch.int64)
-        self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
+        if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
+            raise ValueError(f"erase must be a probability in [0, 1], got {erase!r}")
+        self.batch_size, self.train, self.pad, self.flip, self.erase = batch_size, train, pad, flip, float(erase)
         self.in_chans = in_chans or images.shape[1]
         self.img_size = img_size
         out_c = self.in_chans
@@ -196,7 +202,10 @@ class DeviceCachedLoader:
         if self.img_size and x.shape[-1] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True,
                               align_corners=False)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.train and self.erase > 0:
+            x = self._random_erase(x, generator)
+        return x
 
     def _augment(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -214,6 +223,26 @@ class DeviceCachedLoader:
             flip = torch.rand(B, device=dev, generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
+
+    def _random_erase(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """timm's RandomErasing (mode "pixel", scale 0.02-1/3, log-uniform aspect 0.3-3.3) for a whole batch
+        at once; a rectangle that would not fit is clipped to the image instead of redrawn."""
+        B, C, H, W = x.shape
+        dev = x.device
+        area = H * W * torch.empty(B, device=dev).uniform_(0.02, 1 / 3, generator=g)  # (B,)
+        aspect = torch.empty(B, device=dev).uniform_(math.log(0.3), math.log(1 / 0.3), generator=g).exp()
+        h = (area * aspect).sqrt().round().clamp(1, H)  # (B,)
+        w = (area / aspect).sqrt().round().clamp(1, W)
+        top = (torch.rand(B, device=dev, generator=g) * (H - h + 1)).floor()
+        left = (torch.rand(B, device=dev, generator=g) * (W - w + 1)).floor()
+        on = torch.rand(B, device=dev, generator=g) < self.erase
+        ys = torch.arange(H, device=dev)[None, :]  # (1, H)
+        xs = torch.arange(W, device=dev)[None, :]
+        in_y = (ys >= top[:, None]) & (ys < (top + h)[:, None])  # (B, H)
+        in_x = (xs >= left[:, None]) & (xs < (left + w)[:, None])  # (B, W)
+        mask = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]  # (B, 1, H, W)
+        noise = torch.randn(x.shape, device=dev, dtype=x.dtype, generator=g)  # (B, C, H, W)
+        return torch.where(mask, noise, x)
 
 
 __all__ = ["DeviceCachedLoader", "DeviceOrder"]

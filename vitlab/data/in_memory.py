@@ -43,15 +43,21 @@ class InMemoryDataModule(ImageDataModule):
             the same way), so no loader worker or host-to-device copy limits the step rate. Also pays on a
             CPU, where it replaces per-image transforms by a few batched ops. ``num_workers`` and
             ``pin_memory`` are then unused; ``predict`` still reads image files.
+        random_erasing: Probability that a training image gets timm's random erasing (a rectangle of 2-33 %
+            of the area filled with noise, after normalisation; Zhong et al. 2020); 0 = off. Needs ``augment``.
         *args, **kwargs: As :class:`~vitlab.data.base.ImageDataModule`.
     """
 
     crop_padding: int = 4  # zero padding of the training random crop
 
-    def __init__(self, *args, on_device: bool = False, **kwargs) -> None:
+    def __init__(self, *args, on_device: bool = False, random_erasing: float = 0.0, **kwargs) -> None:
         if not isinstance(on_device, bool):
             raise ValueError(f"on_device must be true or false, got {on_device!r}")
+        if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)) \
+                or not 0 <= random_erasing <= 1:
+            raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}")
         self.on_device = on_device
+        self.random_erasing = float(random_erasing)
         super().__init__(*args, **kwargs)
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +68,7 @@ class InMemoryDataModule(ImageDataModule):
         return small_image_transform(
             native_size=self.native_size, native_chans=self.native_chans, img_size=self.img_size,
             in_chans=self.in_chans, mean=self.mean, std=self.std, train=train and self.augment,
-            crop_padding=self.crop_padding,
+            crop_padding=self.crop_padding, random_erasing=self.random_erasing,
         )
 
     def predict_transform(self) -> Callable:
@@ -107,7 +113,7 @@ class InMemoryDataModule(ImageDataModule):
                            f"each epoch is one batch")
         return DeviceCachedLoader.from_dataset(
             dataset, self.batch_size, self.mean, self.std, train=True, pad=self.crop_padding if self.augment else 0,
-            flip=self.augment, device=device, seed=torch.initial_seed() % 2**63, img_size=self.img_size,
+            flip=self.augment, erase=self.random_erasing if self.augment else 0.0, device=device, seed=torch.initial_seed() % 2**63, img_size=self.img_size,
             in_chans=self.in_chans, rank=rank, world_size=world)
 
     def train_dataloader(self) -> DataLoader | DeviceCachedLoader:

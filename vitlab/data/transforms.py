@@ -37,6 +37,7 @@ def small_image_transform(
     std: tuple[float, ...],
     train: bool,
     crop_padding: int = 4,
+    random_erasing: float = 0.0,
 ) -> v2.Compose:
     """Transform for one uint8 image tensor ``(C, H, W)`` of a small-image data set (Fashion-MNIST, CIFAR).
 
@@ -52,6 +53,7 @@ def small_image_transform(
         std: Per-channel std for the output channels.
         train: Add the random augmentation.
         crop_padding: Zero padding of the random crop; 0 disables the crop.
+        random_erasing: Train only: probability of timm's ``RandomErasing`` (mode "pixel"), after normalising.
 
     Returns:
         A transform mapping ``(native_chans, S, S)`` uint8 to ``(in_chans, img_size, img_size)`` float32.
@@ -65,6 +67,8 @@ def small_image_transform(
     if img_size != native_size:
         steps.append(v2.Resize((img_size, img_size), antialias=True))
     steps.append(v2.Normalize(mean, std))
+    if train and random_erasing > 0:
+        steps.append(timm.data.random_erasing.RandomErasing(probability=random_erasing, mode="pixel", device="cpu"))
     return v2.Compose(steps)
 
 

@@ -76,6 +76,8 @@ class ImageClassifier(L.LightningModule):
         unfreeze_every_epochs: Gradual unfreezing: head first, one more block from the top every this many
             epochs. With DDP, use ``strategy: ddp_find_unused_parameters_true``.
         tokenizer_warmup_steps: Train only the tokenizer and positions for this many steps (after a transplant).
+        tta: Test-time augmentation of validation, test and prediction: ``"flip"`` averages the class
+            probabilities of each image and its horizontal mirror (two forward passes); ``"none"`` = one pass.
         top_k: Classes returned per image by ``predict_step``.
         nonfinite: What a NaN or infinite training loss does: ``"stop"`` ends training with an error naming
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
@@ -131,7 +133,8 @@ class ImageClassifier(L.LightningModule):
         freeze: Literal["none", "backbone"] = "none",
         unfreeze_every_epochs: Optional[float] = None,
         tokenizer_warmup_steps: int = 0,
-        # ---- prediction
+        # ---- evaluation and prediction
+        tta: Literal["none", "flip"] = "none",
         top_k: int = 5,
         # ---- reliability
         nonfinite: Literal["stop", "skip"] = "stop",
@@ -162,6 +165,8 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"compile_mode={compile_mode!r} is inductor's; compile_backend is {compile_backend!r}")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
+        if tta not in ("none", "flip"):
+            raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
         if freeze not in ("none", "backbone"):
             raise ValueError(f"freeze must be 'none' or 'backbone', got {freeze!r}")
         if not isinstance(tokenizer_warmup_steps, int) or tokenizer_warmup_steps < 0:
@@ -222,6 +227,15 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, K)
 
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``eval_model`` for validation, test and prediction; with ``tta="flip"`` the log of the mean
+        class probabilities of ``x`` and its horizontal mirror."""
+        logits = self.eval_model(x)  # (B, K)
+        if self.hparams.tta == "flip":
+            probs = logits.float().softmax(-1) + self.eval_model(x.flip(-1)).float().softmax(-1)  # (B, K)
+            logits = (probs / 2).log()
+        return logits
+
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch  # (B, C, H, W), (B,)
@@ -276,7 +290,7 @@ class ImageClassifier(L.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
         x, y = batch
-        logits = self.eval_model(x)  # (B, K)
+        logits = self.eval_logits(x)  # (B, K)
         loss = self.eval_loss(logits, y)
         metrics.update(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(x))
@@ -294,7 +308,7 @@ class ImageClassifier(L.LightningModule):
         if batch is None:  # every file of this batch failed to decode
             return None
         x, index = batch
-        probs = self.eval_model(x).float().softmax(-1)  # (B, K)
+        probs = self.eval_logits(x).float().softmax(-1)  # (B, K)
         top = probs.topk(min(self.hparams.top_k, probs.shape[-1]), dim=-1)
         return {"index": index, "classes": top.indices, "probs": top.values}
 
