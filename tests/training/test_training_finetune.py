@@ -6,6 +6,7 @@ import torch
 from conftest import FASHION_MNIST_DIR
 
 from vitlab.data import FashionMNISTDataModule
+from vitlab.models.layers import Attention
 from vitlab.training import ImageClassifier
 from vitlab.training.finetune import layer_id
 
@@ -87,6 +88,8 @@ def test_compile_and_channels_last_train(tmp_path):
                             channels_last=True)
     before = fit(model, tmp_path, max_steps=2)
     assert model.model._compiled_call_impl is not None  # nn.Module.compile: calls go through dynamo
+    attention = [m for m in model.model.modules() if isinstance(m, Attention)]
+    assert attention and not any(m.fused_attn for m in attention)  # compiled on a CPU: the explicit path
     assert "blocks.0.attn.qkv.weight" in changed(model, before)
     assert not any("_orig_mod" in k for k in model.model.state_dict())  # checkpoints load without compile
     stem_conv = model.model.patch_embed.stem[0][0].weight

@@ -115,13 +115,26 @@ class SeqPool(nn.Module):
         return (w.transpose(1, 2) @ x).squeeze(1)  # (B, D)
 
 
+def set_fused_attention(model: nn.Module, fused: bool) -> None:
+    """SDPA (``fused=True``) or the explicit softmax path in every ``Attention`` of ``model``; same results."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
+
+
+def explicit_attention_pays(device: torch.device, compiled: bool) -> bool:
+    """Whether the explicit path is the faster one: under ``torch.compile`` on a CPU, where inductor fuses the
+    scale, softmax and their backward around two small matmuls (vit_micro training: +10-12 % over compiled SDPA
+    on the 2-core CI machine; README "Performance"). Eager and on GPUs SDPA is as fast or (flash) faster."""
+    return compiled and torch.device(device).type == "cpu"
+
+
 @contextmanager
 def explicit_attention(model: nn.Module) -> Iterator[None]:
     """Use the explicit softmax path in every ``Attention`` of ``model`` inside the block, then restore."""
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     saved = [m.fused_attn for m in layers]
-    for m in layers:
-        m.fused_attn = False
+    set_fused_attention(model, False)
     try:
         yield
     finally:

@@ -37,6 +37,7 @@ from torch import nn
 
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import model_stats
+from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import get_config
 from vitlab.models.timm_export import timm_model_args
 from vitlab.models.vit import VisionTransformer
@@ -91,6 +92,15 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
 
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def as_run(model: nn.Module, key: str, compiled: bool, device: torch.device) -> nn.Module:
+    """A copy of ``model`` set up as it runs in training: vitlab compiled on a CPU takes the explicit attention
+    path, as ``ImageClassifier`` does (timm keeps its own default)."""
+    model = copy.deepcopy(model)
+    if key == "vitlab" and explicit_attention_pays(device, compiled):
+        set_fused_attention(model, False)
+    return model
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> Callable[..., torch.Tensor]:
@@ -349,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if note:
         warnings.warn(note, stacklevel=2)
         notes.append(note)
+    if args.compile and explicit_attention_pays(device, compiled=True):
+        notes.append("vitlab compiled runs its explicit attention path (on a CPU, as model.compile does in training)")
     tf32 = False
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -404,8 +416,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fns = {}
                 for key, m in models.items():
                     try:
-                        fns[key] = train_step_fn(copy.deepcopy(m), inputs[key], y, precision, compiled,
-                                                    args.compile_mode)
+                        fns[key] = train_step_fn(as_run(m, key, compiled, device), inputs[key], y, precision,
+                                                 compiled, args.compile_mode)
                     except Exception as err:  # torch.compile without a working compiler
                         notes.append(f"train {key} compiled={compiled} skipped: {type(err).__name__}: {err}")
                 times, mem = _guarded(interleaved, fns, args, device, notes, f"train compiled={compiled}")
@@ -414,8 +426,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     result["train"][label] = summarise(t, images, train_flops, peak_tflops, sheet, mem[key])
         if not args.no_infer:
             for compiled in variants:
-                fns = {key: infer_fn(m, inputs[key], precision, compiled, args.compile_mode)
-                       for key, m in models.items()}
+                fns = {key: infer_fn(as_run(m, key, compiled, device) if compiled else m, inputs[key], precision,
+                                     compiled, args.compile_mode) for key, m in models.items()}
                 if args.onnx and not compiled:
                     with tempfile.TemporaryDirectory() as folder:
                         try:

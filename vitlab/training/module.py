@@ -25,6 +25,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
+from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import PRESETS, get_config
 from vitlab.models.vit import VisionTransformer
 from vitlab.training.finetune import apply_trainable, clean_name, lr_scale
@@ -327,6 +328,9 @@ class ImageClassifier(L.LightningModule):
             if self.ema is not None:  # the EMA copy too: it runs validation
                 self.ema.to(memory_format=torch.channels_last)
         if self.hparams.compile and not getattr(self, "_compiled", False):
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            if explicit_attention_pays(device, compiled=True):  # inductor fuses it; faster than SDPA on CPUs
+                set_fused_attention(self.model, False)
             mode = self.hparams.compile_mode
             self.model.compile(backend=self.hparams.compile_backend, mode=None if mode == "default" else mode)
             self._compiled = True
