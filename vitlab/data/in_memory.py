@@ -113,8 +113,9 @@ class InMemoryDataModule(ImageDataModule):
                            f"each epoch is one batch")
         return DeviceCachedLoader.from_dataset(
             dataset, self.batch_size, self.mean, self.std, train=True, pad=self.crop_padding if self.augment else 0,
-            flip=self.augment, erase=self.random_erasing if self.augment else 0.0, device=device, seed=torch.initial_seed() % 2**63, img_size=self.img_size,
-            in_chans=self.in_chans, rank=rank, world_size=world)
+            flip=self.augment, erase=self.random_erasing if self.augment else 0.0, device=device,
+            seed=torch.initial_seed() % 2**63, img_size=self.img_size, in_chans=self.in_chans, rank=rank,
+            world_size=world)
 
     def train_dataloader(self) -> DataLoader | DeviceCachedLoader:
         if not self.on_device:
