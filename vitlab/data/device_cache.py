@@ -89,9 +89,8 @@ class DeviceCachedLoader:
     batch_sampler = None  # what Lightning looks for on a loader, beside ``sampler``
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True,
-                 erase: float = 0.0, device: str | torch.device | None = None, seed: int = 0,
-                 img_size: int | None = None,
+                 std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True, erase: float = 0.0,
+                 device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
                  in_chans: int | None = None, drop_last: bool | None = None, rank: int | None = None,
                  world_size: int | None = None) -> None:
         if images.dtype != torch.uint8:
