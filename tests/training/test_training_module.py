@@ -12,6 +12,7 @@ from conftest import FASHION_MNIST_DIR
 from vitlab import ViTConfig
 from vitlab.data import FashionMNISTDataModule
 from vitlab.training import ImageClassifier, warmup_cosine
+from vitlab.training.module import tta_view
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
             num_classes=10)
@@ -159,8 +160,31 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
         assert not torch.allclose(p, q)  # so the average is not the plain output
         out = tta.predict_step((x, torch.arange(4)), 0)
     torch.testing.assert_close(out["probs"][:, 0], both.exp().max(-1).values)
-    with pytest.raises(ValueError, match="tta must be 'none' or 'flip', got 'rot90'"):
+    with pytest.raises(ValueError, match=r"tta must be one of \['none', 'flip', 'flip_shift'\], got 'rot90'"):
         tiny(tta="rot90")
+
+
+def test_tta_view_shifts_by_one_pixel_and_repeats_the_border():
+    x = torch.arange(12.0).view(1, 1, 3, 4)  # rows 0-3, 4-7, 8-11
+    down = tta_view(x, False, 1, 0)  # row r shows input row r - 1; the top row repeats
+    torch.testing.assert_close(down[0, 0], torch.tensor([[0.0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]]))
+    left = tta_view(x, False, 0, -1)  # column c shows input column c + 1; the right column repeats
+    torch.testing.assert_close(left[0, 0, 0], torch.tensor([1.0, 2, 3, 3]))
+    torch.testing.assert_close(tta_view(x, True, 0, 0), x.flip(-1))
+    assert tta_view(x, True, -1, 1).shape == x.shape
+
+
+def test_flip_shift_tta_averages_ten_views():
+    torch.manual_seed(0)
+    plain, tta = tiny().eval(), tiny(tta="flip_shift").eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    views = [(m, dy, dx) for m in (False, True) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    with torch.no_grad():
+        expected = sum(plain.eval_logits(tta_view(x, *v)).softmax(-1) for v in views) / 10  # (B, K)
+        torch.testing.assert_close(tta.eval_logits(x).exp(), expected)
+        assert not torch.allclose(expected, (plain.eval_logits(x).softmax(-1)
+                                             + plain.eval_logits(x.flip(-1)).softmax(-1)) / 2)
 
 
 def test_top5_only_with_five_classes_or_more():

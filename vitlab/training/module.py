@@ -34,6 +34,29 @@ Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lis
 MAX_CONSECUTIVE_SKIPS = 20  # nonfinite="skip" stops a run whose loss stays non-finite this many steps
 
 
+
+# Test-time augmentation views: (mirror, shift down, shift right) in pixels.
+_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
+    "none": ((False, 0, 0),),
+    "flip": ((False, 0, 0), (True, 0, 0)),
+    "flip_shift": tuple((m, dy, dx) for m in (False, True) for dy, dx in _SHIFTS),
+}
+
+
+def tta_view(x: torch.Tensor, mirror: bool, dy: int, dx: int) -> torch.Tensor:
+    """``x`` (B, C, H, W) mirrored left-right and/or shifted by ``dy`` rows and ``dx`` columns, same size; the
+    uncovered edge repeats the border pixels (no wrap-around)."""
+    if mirror:
+        x = x.flip(-1)
+    if dy == 0 and dx == 0:
+        return x
+    H, W = x.shape[-2:]
+    py, px = abs(dy), abs(dx)
+    xp = torch.nn.functional.pad(x, (px, px, py, py), mode="replicate")  # (B, C, H + 2py, W + 2px)
+    return xp[..., py - dy:py - dy + H, px - dx:px - dx + W]  # (B, C, H, W)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss was NaN or infinite; the message names the step, the epoch, the batch and the value."""
 
@@ -78,7 +101,9 @@ class ImageClassifier(L.LightningModule):
             epochs. With DDP, use ``strategy: ddp_find_unused_parameters_true``.
         tokenizer_warmup_steps: Train only the tokenizer and positions for this many steps (after a transplant).
         tta: Test-time augmentation of validation, test and prediction: ``"flip"`` averages the class
-            probabilities of each image and its horizontal mirror (two forward passes); ``"none"`` = one pass.
+            probabilities of each image and its horizontal mirror (two forward passes); ``"flip_shift"`` also
+            of both shifted by one pixel up, down, left and right (ten passes; the uncovered edge repeats the
+            border pixels); ``"none"`` = one pass.
         top_k: Classes returned per image by ``predict_step``.
         nonfinite: What a NaN or infinite training loss does: ``"stop"`` ends training with an error naming
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
@@ -135,7 +160,7 @@ class ImageClassifier(L.LightningModule):
         unfreeze_every_epochs: Optional[float] = None,
         tokenizer_warmup_steps: int = 0,
         # ---- evaluation and prediction
-        tta: Literal["none", "flip"] = "none",
+        tta: Literal["none", "flip", "flip_shift"] = "none",
         top_k: int = 5,
         # ---- reliability
         nonfinite: Literal["stop", "skip"] = "stop",
@@ -166,8 +191,8 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"compile_mode={compile_mode!r} is inductor's; compile_backend is {compile_backend!r}")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
-        if tta not in ("none", "flip"):
-            raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
+        if tta not in TTA_VIEWS:
+            raise ValueError(f"tta must be one of {list(TTA_VIEWS)}, got {tta!r}")
         if freeze not in ("none", "backbone"):
             raise ValueError(f"freeze must be 'none' or 'backbone', got {freeze!r}")
         if not isinstance(tokenizer_warmup_steps, int) or tokenizer_warmup_steps < 0:
@@ -229,13 +254,13 @@ class ImageClassifier(L.LightningModule):
         return self.model(x)  # (B, K)
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``eval_model`` for validation, test and prediction; with ``tta="flip"`` the log of the mean
-        class probabilities of ``x`` and its horizontal mirror."""
-        logits = self.eval_model(x)  # (B, K)
-        if self.hparams.tta == "flip":
-            probs = logits.float().softmax(-1) + self.eval_model(x.flip(-1)).float().softmax(-1)  # (B, K)
-            logits = (probs / 2).log()
-        return logits
+        """Logits of ``eval_model`` for validation, test and prediction; with test-time augmentation
+        (``tta`` other than ``"none"``) the log of the mean class probabilities over the views of ``x``."""
+        views = TTA_VIEWS[self.hparams.tta]
+        if len(views) == 1:
+            return self.eval_model(x)  # (B, K)
+        probs = sum(self.eval_model(tta_view(x, *v)).float().softmax(-1) for v in views)  # (B, K)
+        return (probs / len(views)).log()
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
