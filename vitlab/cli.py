@@ -329,6 +329,25 @@ def main(args: list[str] | None = None) -> int:
         return TOOLS[argv[0]](argv[1:]) or 0
     # TensorBoard and CSV share the run folder on purpose; the CSV logger would warn that it is not empty
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    try:
+        _run_cli(args)
+    finally:
+        _close_process_group()
+    return 0
+
+
+def _close_process_group() -> None:
+    """Tear down a DDP process group before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can still hold tensors when Python is half torn down, and
+    a process then dies with ``terminate called without an active exception`` (SIGABRT) after a finished run.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _run_cli(args: list[str] | None) -> None:
+    """Parse ``args`` and run the LightningCLI subcommand."""
     VitlabCLI(
         ImageClassifier,
         ImageDataModule,
@@ -340,7 +359,6 @@ def main(args: list[str] | None = None) -> int:
         parser_kwargs={"prog": "vitlab", "description": _DESCRIPTION + (
             f" Tools (each with its own --help): {', '.join(sorted(TOOLS))}." if TOOLS else "")},
     )
-    return 0
 
 
 if __name__ == "__main__":

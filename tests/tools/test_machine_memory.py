@@ -20,7 +20,7 @@ def step():
 for _ in range(3):  # warm-up: the first steps fault their pages in either way
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -36,9 +36,13 @@ def _faults(env_value: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_buffers_are_reused_without_page_faults():
+    """Ten steps after warm-up fault in at most two activations' worth of pages (heap growth), not one per step.
+
+    glibc's own default depends on its dynamic mmap threshold and the heap layout: on some machines it faults
+    a whole activation back in every step, on others far less, so it is reported, not asserted on.
+    """
     applied, kept = _faults("1")
     off, default = _faults("0")
     assert (applied, off) == ("True", "False")
-    pages = 5 * 25 * 2 ** 20 // 4096  # one 25 MB activation faulted back in per step
-    assert default > pages, f"glibc's default should fault freed activations back in ({default} faults)"
-    assert kept < default // 4, f"{kept} page faults in 5 training steps (glibc's default: {default})"
+    activation = 25 * 2 ** 20 // 4096  # pages of one 25 MB activation
+    assert kept < 2 * activation, f"{kept} page faults in 10 training steps (glibc's default here: {default})"
