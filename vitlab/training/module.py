@@ -34,7 +34,6 @@ Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lis
 MAX_CONSECUTIVE_SKIPS = 20  # nonfinite="skip" stops a run whose loss stays non-finite this many steps
 
 
-
 # Test-time augmentation views: (mirror, shift down, shift right) in pixels.
 _SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
@@ -53,7 +52,7 @@ def tta_view(x: torch.Tensor, mirror: bool, dy: int, dx: int) -> torch.Tensor:
         return x
     H, W = x.shape[-2:]
     py, px = abs(dy), abs(dx)
-    xp = torch.nn.functional.pad(x, (px, px, py, py), mode="replicate")  # (B, C, H + 2py, W + 2px)
+    xp = nn.functional.pad(x, (px, px, py, py), mode="replicate")  # (B, C, H + 2py, W + 2px)
     return xp[..., py - dy:py - dy + H, px - dx:px - dx + W]  # (B, C, H, W)
 
 
