@@ -42,6 +42,7 @@ class ViTConfig:
     qkv_bias: bool = True
     class_token: Optional[bool] = None  # None = only when pool == "cls"
     pos_embed_prefix: bool = True  # learned positions cover the prefix (class/register) tokens, as timm's default
+    fc_norm: Optional[bool] = None  # final norm after pooling (timm's fc_norm) instead of before; None = pool == "avg"
     # tokenizer details
     stem_channels: Optional[tuple[int, ...]] = None  # conv: widths of the 3x3 layers; None = derived from patch_size
     cct_layers: int = 1  # cct: number of conv + ReLU + max-pool layers
@@ -56,6 +57,10 @@ class ViTConfig:
     @property
     def use_class_token(self) -> bool:
         return self.pool == "cls" if self.class_token is None else bool(self.class_token)
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.pool == "avg" if self.fc_norm is None else bool(self.fc_norm)
 
     @property
     def num_prefix_tokens(self) -> int:

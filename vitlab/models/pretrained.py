@@ -243,3 +243,13 @@ def load_pretrained(model: nn.Module, source: str | Path, verbose: bool = True) 
     if verbose:
         print(f"pretrained weights from {source}:\n{report.table()}")
     return report
+
+
+def create_pretrained(name: str | None, source: str | Path, **overrides) -> nn.Module:
+    """A model for preset ``name`` + ``overrides`` with the weights of ``source`` loaded (adapted, reported)."""
+    from .registry import get_config
+    from .vit import VisionTransformer
+
+    model = VisionTransformer(get_config(name, **overrides))
+    load_pretrained(model, source)
+    return model

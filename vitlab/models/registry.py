@@ -71,11 +71,10 @@ def create_model(name: str | None = None, pretrained: str | None = None, **overr
         pretrained: weights to load (see ``vitlab.models.pretrained.load_pretrained``).
         **overrides: any ``ViTConfig`` field, e.g. ``num_classes=10, tokenizer="conv"``.
     """
-    model = VisionTransformer(get_config(name, **overrides))
-    if pretrained:
-        from .pretrained import load_pretrained
-        load_pretrained(model, pretrained)
-    return model
+    if pretrained:  # the checkpoint's own layout decides what the preset and overrides leave open
+        from .pretrained import create_pretrained
+        return create_pretrained(name, pretrained, **overrides)
+    return VisionTransformer(get_config(name, **overrides))
 
 
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")

@@ -31,7 +31,7 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, init_values=cfg.layer_scale_init,
         global_pool="token" if cfg.pool == "cls" else "avg", class_token=cfg.use_class_token,
         reg_tokens=cfg.num_registers, pos_embed="none" if cfg.pos_embed == "none" else "learn",
-        no_embed_class=cfg.pos_embed == "sincos" or not cfg.pos_embed_prefix,
+        no_embed_class=cfg.pos_embed == "sincos" or not cfg.pos_embed_prefix, fc_norm=cfg.use_fc_norm,
     )
 
 

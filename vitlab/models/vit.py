@@ -58,10 +58,10 @@ class VisionTransformer(nn.Module):
                   layer_scale_init=cfg.layer_scale_init)
             for i in range(cfg.depth)])
 
-        # 4. final norm (before pooling for cls/seq, after it for avg, as timm's fc_norm) and head
-        self.norm = layer_norm(D) if cfg.pool != "avg" else nn.Identity()
+        # 4. final norm (before pooling, or after it as timm's fc_norm: the default for avg) and head
+        self.norm = layer_norm(D) if not cfg.use_fc_norm else nn.Identity()
         self.seq_pool = SeqPool(D) if cfg.pool == "seq" else None
-        self.fc_norm = layer_norm(D) if cfg.pool == "avg" else nn.Identity()
+        self.fc_norm = layer_norm(D) if cfg.use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()

@@ -137,6 +137,7 @@ class ImageClassifier(L.LightningModule):
         qkv_bias: Optional[bool] = None,
         class_token: Optional[bool] = None,
         pos_embed_prefix: Optional[bool] = None,
+        fc_norm: Optional[bool] = None,
         stem_channels: Optional[tuple[int, ...]] = None,
         cct_layers: Optional[int] = None,
         cct_kernel: Optional[int] = None,
