@@ -13,7 +13,7 @@ def test_sdpa_matches_explicit():
     attn.fused_attn = False
     explicit = attn(x)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
-    out, weights = attn(x, return_attn=True)
+    out, weights = attn.forward_with_attn(x)
     assert weights.shape == (3, 4, 17, 17)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 17))
     torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)

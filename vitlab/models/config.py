@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 Tokenizer = Literal["patch", "conv", "cct"]
 Pool = Literal["cls", "avg", "seq"]
@@ -23,7 +23,7 @@ class ViTConfig:
     """Architecture of a vitlab Vision Transformer."""
 
     tokenizer: Tokenizer = "patch"
-    img_size: int = 224
+    img_size: Union[int, tuple[int, int]] = 224  # a side, or (H, W)
     patch_size: int = 16  # patch: patch side; conv: total stride of the stem (a power of 2)
     in_chans: int = 3
     num_classes: int = 1000
@@ -52,11 +52,19 @@ class ViTConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stem_channels, list):
             self.stem_channels = tuple(self.stem_channels)
+        if isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2:
+            h, w = self.img_size
+            self.img_size = h if h == w and _is_int(h) else (h, w)  # a square stays an int
         self.validate()
 
     @property
     def use_class_token(self) -> bool:
         return self.pool == "cls" if self.class_token is None else bool(self.class_token)
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        """(H, W) of the input images."""
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
 
     @property
     def use_fc_norm(self) -> bool:
@@ -71,8 +79,12 @@ class ViTConfig:
         _choice("tokenizer", self.tokenizer, TOKENIZERS)
         _choice("pool", self.pool, POOLS)
         _choice("pos_embed", self.pos_embed, POS_EMBEDS)
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "cct_layers",
-                     "cct_kernel"):
+        if isinstance(self.img_size, tuple):
+            if len(self.img_size) != 2 or not all(_is_int(v) and v > 0 for v in self.img_size):
+                raise ValueError(f"img_size must be an integer > 0 or (H, W), got {self.img_size!r}")
+        else:
+            _positive_int("img_size", self.img_size)
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "cct_layers", "cct_kernel"):
             _positive_int(name, getattr(self, name))
         for name in ("num_classes", "num_registers"):
             value = getattr(self, name)
@@ -93,7 +105,8 @@ class ViTConfig:
             raise ValueError("pool='cls' needs a class token, but class_token=False")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sincos' needs embed_dim divisible by 4, got embed_dim={self.embed_dim}")
-        if self.tokenizer == "patch" and self.img_size % self.patch_size:
+        H, W = self.img_hw
+        if self.tokenizer in ("patch", "conv") and (H % self.patch_size or W % self.patch_size):
             raise ValueError(
                 f"patch_size={self.patch_size} does not divide img_size={self.img_size}: "
                 f"choose an img_size that is a multiple of {self.patch_size}")
@@ -101,8 +114,6 @@ class ViTConfig:
             if self.patch_size & (self.patch_size - 1):
                 raise ValueError(f"tokenizer='conv' needs patch_size a power of 2 (the stem halves the grid "
                                  f"per stride-2 layer), got patch_size={self.patch_size}")
-            if self.img_size % self.patch_size:
-                raise ValueError(f"patch_size={self.patch_size} does not divide img_size={self.img_size}")
             if self.stem_channels is not None:
                 if not isinstance(self.stem_channels, tuple):
                     raise ValueError(f"stem_channels must be a list of widths, got {self.stem_channels!r}")
@@ -114,7 +125,7 @@ class ViTConfig:
         if self.tokenizer == "cct":
             if self.cct_kernel % 2 == 0:
                 raise ValueError(f"cct_kernel must be odd, got {self.cct_kernel}")
-            if self.img_size < 2 ** self.cct_layers:
+            if min(H, W) < 2 ** self.cct_layers:
                 raise ValueError(
                     f"img_size={self.img_size} is too small for cct_layers={self.cct_layers} "
                     f"(each layer halves the grid)")

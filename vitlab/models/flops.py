@@ -18,39 +18,44 @@ def _conv_macs(h: int, w: int, c_in: int, c_out: int, k: int) -> int:
     return h * w * c_in * c_out * k * k
 
 
-def tokenizer_macs(cfg: ViTConfig, img_size: int | None = None) -> int:
+def _hw(cfg: ViTConfig, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if img_size is None:
+        return cfg.img_hw
+    return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+
+def tokenizer_macs(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Multiply-accumulates of the tokenizer for one image."""
-    size = img_size or cfg.img_size
+    h, w = _hw(cfg, img_size)
     D, C = cfg.embed_dim, cfg.in_chans
     if cfg.tokenizer == "patch":
-        g = size // cfg.patch_size
-        return _conv_macs(g, g, C, D, cfg.patch_size)
+        return _conv_macs(h // cfg.patch_size, w // cfg.patch_size, C, D, cfg.patch_size)
     if cfg.tokenizer == "conv":
         widths = cfg.stem_channels or default_stem_channels(D, cfg.patch_size)
-        n_down, macs, s, c_in = int(math.log2(cfg.patch_size)), 0, size, C
+        n_down, macs, c_in = int(math.log2(cfg.patch_size)), 0, C
         for i, c_out in enumerate(widths):
-            s = s // 2 if i < n_down else s
-            macs += _conv_macs(s, s, c_in, c_out, 3)
+            h, w = (h // 2, w // 2) if i < n_down else (h, w)
+            macs += _conv_macs(h, w, c_in, c_out, 3)
             c_in = c_out
-        return macs + _conv_macs(s, s, c_in, D, 1)
-    widths, macs, s = [C] + [64] * (cfg.cct_layers - 1) + [D], 0, size
+        return macs + _conv_macs(h, w, c_in, D, 1)
+    widths, macs = [C] + [64] * (cfg.cct_layers - 1) + [D], 0
     for i in range(cfg.cct_layers):
-        macs += _conv_macs(s, s, widths[i], widths[i + 1], cfg.cct_kernel)  # conv at full size, then pool
-        s = (s + 1) // 2
+        macs += _conv_macs(h, w, widths[i], widths[i + 1], cfg.cct_kernel)  # conv at full size, then pool
+        h, w = (h + 1) // 2, (w + 1) // 2
     return macs
 
 
-def num_tokens(cfg: ViTConfig, img_size: int | None = None) -> int:
+def num_tokens(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Image tokens N (without class/register tokens) the tokenizer makes."""
-    size = img_size or cfg.img_size
+    h, w = _hw(cfg, img_size)
     if cfg.tokenizer == "cct":
         for _ in range(cfg.cct_layers):
-            size = (size + 1) // 2
-        return size * size
-    return (size // cfg.patch_size) ** 2
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h * w
+    return (h // cfg.patch_size) * (w // cfg.patch_size)
 
 
-def forward_macs(cfg: ViTConfig, img_size: int | None = None) -> int:
+def forward_macs(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Forward multiply-accumulates for one image."""
     D, L, r = cfg.embed_dim, cfg.depth, cfg.mlp_ratio
     N = num_tokens(cfg, img_size) + cfg.num_prefix_tokens
@@ -64,7 +69,7 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_stats(cfg: ViTConfig, img_size: int | None = None) -> dict[str, float]:
+def model_stats(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> dict[str, float]:
     """Params (M), tokens, forward GMACs and GFLOPs per image, training GFLOPs (~3x forward) per image."""
     from .vit import VisionTransformer
 
@@ -88,6 +93,6 @@ def preset_table(names: list[str] | None = None) -> str:
     for name in names or list_models():
         cfg = get_config(name)
         s = model_stats(cfg)
-        rows.append(f"| `{name}` | {cfg.tokenizer} | {cfg.in_chans}x{cfg.img_size}x{cfg.img_size} | "
+        rows.append(f"| `{name}` | {cfg.tokenizer} | {cfg.in_chans}x{cfg.img_hw[0]}x{cfg.img_hw[1]} | "
                     f"{s['tokens']} | {s['params_m']:.2f} | {s['gflops']:.3f} |")
     return "\n".join(rows)

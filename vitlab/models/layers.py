@@ -3,10 +3,9 @@
 Module and parameter names follow timm's VisionTransformer (``attn.qkv``, ``mlp.fc1``, ``ls1.gamma``, ...) so a
 timm state_dict loads without renaming.
 """
-from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +38,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(x)[0]
+
+    def forward_with_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and the attention weights (B, H, N, N), through the explicit path."""
+        out, attn = self._attend(x, need_weights=True)
+        assert attn is not None
+        return out, attn
+
+    def _attend(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
 
-        attn = None
-        if self.fused_attn and not return_attn:
+        attn: Optional[torch.Tensor] = None
+        if self.fused_attn and not need_weights:
             x = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)  # (B, H, N, hd)
         else:
@@ -55,8 +63,7 @@ class Attention(nn.Module):
             x = self.attn_drop(attn) @ v  # (B, H, N, hd)
 
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D): heads concatenated
-        x = self.proj_drop(self.proj(x))
-        return (x, attn) if return_attn else x
+        return self.proj_drop(self.proj(x)), attn
 
 
 class Mlp(nn.Module):
@@ -92,15 +99,15 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
-        attn = None
-        if return_attn:
-            y, attn = self.attn(self.norm1(x), return_attn=True)
-        else:
-            y = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))  # (B, N, D)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # (B, N, D)
+
+    def forward_with_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``forward``, also returning the attention weights (B, H, N, N)."""
+        y, attn = self.attn.forward_with_attn(self.norm1(x))
         x = x + self.drop_path1(self.ls1(y))  # (B, N, D)
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # (B, N, D)
-        return (x, attn) if return_attn else x
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn
 
 
 class SeqPool(nn.Module):

@@ -3,10 +3,11 @@
 The table lives on the model as ``pos_embed`` (timm's key): a Parameter when learned, a non-persistent buffer
 when sin-cos, None when off.
 """
-from __future__ import annotations
+
+from typing import List
 
 import torch
-from timm.layers import is_exporting, resample_abs_pos_embed
+from timm.layers import is_exporting, register_notrace_function, resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 
 
@@ -22,6 +23,24 @@ def resample(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple
         return pos_embed
     return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid),
                                   num_prefix_tokens=num_prefix)  # (1, P + N', D)
+
+
+@register_notrace_function  # a leaf under torch.fx: the grid is only known when the traced graph runs
+def positions_for_grid(pos_embed: torch.Tensor, grid: List[int], base_grid: List[int], num_prefix: int,
+                       learned: bool) -> torch.Tensor:
+    """The position table for a ``grid`` of tokens: the model's own table at its ``base_grid``, else the learned
+    table resampled (bicubic, as timm's ``dynamic_img_size``) or the sin-cos table rebuilt for that grid."""
+    if grid[0] == base_grid[0] and grid[1] == base_grid[1] and not is_exporting():
+        return pos_embed
+    if learned:
+        return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=base_grid,
+                                      num_prefix_tokens=num_prefix)  # (1, P + N', D)
+    return _sincos_like(grid, pos_embed)  # (1, N', D)
+
+
+@torch.jit.ignore  # timm's builder takes *args, which TorchScript cannot compile: called back in Python
+def _sincos_like(grid: List[int], like: torch.Tensor) -> torch.Tensor:
+    return sincos_2d((grid[0], grid[1]), like.shape[-1]).to(like)  # (1, N', D)
 
 
 def infer_grid(num_positions: int, num_prefix: int) -> tuple[int, int]:

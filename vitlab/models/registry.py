@@ -8,10 +8,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .config import ViTConfig
-from .vit import VisionTransformer
+from vitlab.data.stats import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .vit import TIMM_POOLS, VisionTransformer
 
 # width, depth, heads, mlp ratio
 WIDTHS: dict[str, tuple[int, int, int, float]] = {
@@ -77,23 +79,106 @@ def create_model(name: str | None = None, pretrained: str | None = None, **overr
     return VisionTransformer(get_config(name, **overrides))
 
 
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# ---------------------------------------------------------------------------------------------- timm
+# Each preset's pretrained_cfg: the data it is meant for (what timm.data.resolve_model_data_config returns)
+_DATA_CFGS = {
+    "fashion_mnist": dict(mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, interpolation="bilinear", crop_pct=1.0),
+    "cifar10": dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, interpolation="bilinear", crop_pct=1.0),
+    "imagenet": dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation="bilinear",
+                     crop_pct=0.875),  # vitlab's ImageNetDataModule eval transform (timm's defaults)
+}
+FIRST_CONV = {"patch": "patch_embed.proj", "conv": "patch_embed.stem.0.0", "cct": "patch_embed.layers.0.0"}
+
+
+def _data_of(cfg: ViTConfig) -> str:
+    if cfg.in_chans == 1 and cfg.img_hw == (28, 28):
+        return "fashion_mnist"
+    return "cifar10" if cfg.img_hw == (32, 32) else "imagenet"
+
+
+def preset_pretrained_cfg(name: str, cfg: ViTConfig | None = None) -> dict[str, Any]:
+    """timm's pretrained_cfg for preset ``name`` (input size, mean/std, ... of its data set), for ``cfg``'s
+    input size and classes when given."""
+    cfg = cfg or get_config(name)
+    return dict(url="", num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_hw), pool_size=None,
+                first_conv=FIRST_CONV[cfg.tokenizer], classifier="head", license="apache-2.0",
+                custom_load=True,  # file/url weights go through VisionTransformer.load_pretrained (vitlab's loader)
+                **_DATA_CFGS[_data_of(get_config(name))])
+
+
+default_cfgs = generate_default_cfgs({f"vitlab_{n}": preset_pretrained_cfg(n) for n in PRESETS})
+
+# timm's create_model keywords -> ViTConfig fields (names that differ; every ViTConfig field is also accepted)
+_TIMM_RENAMES = {"reg_tokens": "num_registers", "init_values": "layer_scale_init"}
+_TIMM_NOT_SUPPORTED = ("dynamic_img_pad", "pos_embed_grid_size", "patch_drop_rate", "proj_drop_rate",
+                       "no_embed_class_token", "pre_norm", "final_norm", "embed_layer", "block_fn", "mlp_layer",
+                       "norm_layer", "act_layer", "weight_init", "class_token_pos")
+
+
+class UnknownModelArgument(TypeError, ValueError):
+    """A keyword vitlab models do not take: a TypeError for timm's contract, a ValueError for vitlab's."""
+
+
+def timm_kwargs_to_config(preset: str | None, kwargs: dict[str, Any]) -> ViTConfig:
+    """Translate timm's ``create_model`` keywords into a ``ViTConfig`` on top of ``preset``; anything vitlab
+    cannot do is an error naming it."""
+    values: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "global_pool":
+            if value not in TIMM_POOLS:
+                raise ValueError(f"global_pool={value!r} has no vitlab equivalent; vitlab pools with "
+                                 f"{sorted(TIMM_POOLS)} ('token' = 'cls')")
+            values["pool"] = TIMM_POOLS[value]
+        elif key == "no_embed_class":
+            values["pos_embed_prefix"] = not value
+        elif key == "pos_embed":
+            values["pos_embed"] = {"learn": "learned"}.get(value, value)
+        elif key == "dynamic_img_size":
+            continue  # vitlab models always run at other sizes (positions resampled on the fly, as timm's True)
+        elif key in _TIMM_RENAMES:
+            values[_TIMM_RENAMES[key]] = value
+        elif key in _TIMM_NOT_SUPPORTED:
+            raise ValueError(f"{key}={value!r}: timm's ViT option {key!r} has no vitlab equivalent")
+        elif key in ViTConfig.field_names():
+            values[key] = value
+        else:
+            raise UnknownModelArgument(f"unknown model argument {key}={value!r} for vitlab models; they take timm's "
+                                       f"create_model keywords and every ViTConfig field: "
+                                       f"{sorted(ViTConfig.field_names())}")
+    if isinstance(values.get("img_size"), (tuple, list)):
+        values["img_size"] = tuple(values["img_size"])
+    return get_config(preset, **values)
 
 
 def _timm_entrypoint(preset: str):
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-        for key in _TIMM_ONLY_KWARGS:
-            kwargs.pop(key, None)
-        if "global_pool" in kwargs:  # timm's word for pooling
-            kwargs["pool"] = {"token": "cls", "avg": "avg"}.get(kwargs.pop("global_pool"), "unknown")
-        if pretrained:
-            raise ValueError("vitlab models have no hub weights; use vitlab.create_model(name, pretrained=PATH)")
-        return create_model(preset, **kwargs)
+        source = resolve_pretrained_cfg(f"vitlab_{preset}", kwargs.get("pretrained_cfg"),
+                                        kwargs.get("pretrained_cfg_overlay"))
+        if pretrained and not (source.file or source.url or source.hf_hub_id or source.state_dict):
+            raise ValueError(f"vitlab_{preset} has no published weights: pass pretrained_cfg_overlay=dict(file=PATH) "
+                             f"(a .safetensors/.pth/.ckpt), checkpoint_path=PATH with pretrained=False, or use "
+                             f"vitlab.create_model({preset!r}, pretrained=PATH_OR_TIMM_NAME)")
+        return build_model_with_cfg(
+            _build_for_timm(preset), f"vitlab_{preset}", pretrained,
+            pretrained_filter_fn=_adapt_for_timm,  # state-dict sources: vitlab's adaptation
+            feature_cfg=dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3)), **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = f"vitlab_{preset}"
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f"vitlab preset {preset!r} ({PRESETS[preset]})."
     return entrypoint
+
+
+def _build_for_timm(preset: str):
+    def build(device: Any = None, dtype: Any = None, **kwargs: Any) -> VisionTransformer:
+        return VisionTransformer(timm_kwargs_to_config(preset, kwargs), device=device, dtype=dtype)
+    return build
+
+
+def _adapt_for_timm(state: dict, model: VisionTransformer) -> dict:
+    from .pretrained import adapt_state_dict
+    adapt_state_dict(model, state)
+    return state
 
 
 for _name in PRESETS:

@@ -8,15 +8,17 @@ Each tokenizer is one class with the same small interface, so the encoder never 
 
 To add a tokenizer: write one class here and add it to ``TOKENIZERS`` at the bottom.
 """
-from __future__ import annotations
 
 import math
 
 import torch
+from timm.layers import register_notrace_function, resample_patch_embed
 from torch import nn
 
 
-def _check_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
+@torch.jit.ignore
+@register_notrace_function  # a leaf under torch.fx: it runs on the real tensor when the traced graph runs
+def check_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
     """Fail with a message naming the bad shape, not a conv traceback."""
     if x.ndim != 4:
         raise ValueError(f"{name} tokenizer expects images (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
@@ -40,8 +42,21 @@ class PatchEmbed(nn.Module):
     def grid(self, H: int, W: int) -> tuple[int, int]:
         return H // self.patch_size, W // self.patch_size
 
+    def set_patch_size(self, patch_size: int) -> None:
+        """Another patch size, the kernel resampled as FlexiViT (timm's ``resample_patch_embed``)."""
+        proj = self.proj
+        weight = resample_patch_embed(proj.weight.detach(), [patch_size, patch_size])  # (D, C, p', p')
+        self.proj = nn.Conv2d(proj.in_channels, proj.out_channels, kernel_size=patch_size, stride=patch_size,
+                              bias=proj.bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.proj.weight.copy_(weight)
+            if proj.bias is not None:
+                self.proj.bias.copy_(proj.bias)
+        self.proj.requires_grad_(proj.weight.requires_grad)
+        self.patch_size = self.stride = self.receptive_field = patch_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, self.patch_size, "patch")
+        check_input(x, self.in_chans, self.patch_size, "patch")
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
@@ -87,7 +102,7 @@ class ConvStem(nn.Module):
         return H // self.patch_size, W // self.patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, self.patch_size, "conv")
+        check_input(x, self.in_chans, self.patch_size, "conv")
         x = self.proj(self.stem(x))  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
@@ -126,7 +141,7 @@ class CCTTokenizer(nn.Module):
         return H, W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, 1, "cct")
+        check_input(x, self.in_chans, 1, "cct")
         x = self.layers(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
