@@ -1,12 +1,12 @@
 """Export a vitlab patch-tokenizer model as a timm VisionTransformer folder (config.json + model.safetensors).
 
-The folder loads with ``timm.create_model("local-dir:FOLDER")`` or, naming the architecture,
+The folder (written by ``vitlab.models.hub.save_hub_folder``) loads with ``timm.create_model("local-dir:FOLDER")``
+or, naming the architecture,
 ``timm.create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=...), **model_args)``
 and gives the same logits. Conv-stem and CCT tokenizers and sequence pooling have no timm equivalent.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,26 +48,11 @@ def to_timm(model: nn.Module) -> nn.Module:
 
 def save_timm_folder(model: nn.Module, folder: str | Path, label_names: list[str] | None = None,
                      mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json`` in timm's hub layout."""
-    from safetensors.torch import save_file
+    """Write ``folder/model.safetensors``, ``config.json`` and ``README.md`` in timm's hub layout, replacing those
+    files; only for models timm's VisionTransformer can express (see ``vitlab.models.hub.save_hub_folder`` for
+    every tokenizer, model cards and overwrite protection)."""
+    from .hub import save_hub_folder
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ref = to_timm(model)
-    args = timm_model_args(model.cfg)
-    pretrained_cfg = {
-        "input_size": [model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size],
-        "num_classes": model.cfg.num_classes, "interpolation": "bicubic", "crop_pct": 1.0,
-        "mean": list(mean) if mean else [0.5] * model.cfg.in_chans,
-        "std": list(std) if std else [0.5] * model.cfg.in_chans,
-        "first_conv": "patch_embed.proj", "classifier": "head",
-    }
-    config = {"architecture": TIMM_ARCH, "num_classes": model.cfg.num_classes, "num_features": model.embed_dim,
-              "model_args": args, "pretrained_cfg": pretrained_cfg, "vitlab_config": model.cfg.to_dict()}
-    if label_names:
-        config["label_names"] = list(label_names)
-    tmp = folder / "model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp))
-    tmp.replace(folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    timm_model_args(model.cfg)  # a ValueError naming what timm cannot express
+    return save_hub_folder(model, folder, data_config={"mean": mean, "std": std}, class_names=label_names,
+                           overwrite=True)
