@@ -96,3 +96,21 @@ def test_slurm_script_is_valid_bash_and_uses_num_nodes():
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "srun vitlab fit" in text and "--trainer.num_nodes" in text
+
+
+@pytest.mark.parametrize("rel", [r for r in ALL_YAML if r.startswith("finetune/")])
+def test_finetune_configs_follow_the_weights_data_config(rel, capsys):
+    """No fine-tune config pins statistics: composed with CIFAR-10 and the augreg weights of full_llrd's command,
+    the data takes the weights' mean/std 0.5 and bicubic resizing (not CIFAR's statistics); the header says so."""
+    from vitlab.data import CIFAR10DataModule
+    from vitlab.models.data_config import data_config_of, follow_weights
+
+    text = (CONFIGS / rel).read_text()
+    assert "Normalisation follows" in text and "--data.init_args.mean" in text, f"{rel}: say what normalises"
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "-c", str(CONFIGS / "data/cifar10.yaml"), "-c", str(CONFIGS / rel), "--print_config"])
+    args = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    taken, overridden, _ = follow_weights(args, CIFAR10DataModule,
+                                              data_config_of("vit_small_patch16_224.augreg_in21k_ft_in1k"))
+    assert args["mean"] == args["std"] == (0.5, 0.5, 0.5) and args["interpolation"] == "bicubic"
+    assert not overridden

@@ -25,10 +25,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
+from vitlab.models.data_config import data_config_of, follow_weights
 from vitlab.training.callbacks import PredictionWriter, RunPlots
 from vitlab.tools.machine import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
@@ -48,6 +49,7 @@ def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
 TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
     "bench": _tool("bench"),                   # vitlab vs timm throughput, FLOPs, MFU, Lightning overhead
     "export": _tool("onnx_export"),            # ONNX with dynamic batch and image size
+    "export-hub": _tool("hub_export"),         # Hugging Face Hub folder (timm's layout, model card), --push
     "attention": _tool("attention"),           # attention-rollout overlays for images and a checkpoint
     "compare": _tool("compare"),               # patch vs conv vs cct over seeds, report folder
     "finetune-proof": _tool("finetune_proof"),  # pretrain on Fashion-MNIST, fine-tune vs scratch on digits
@@ -198,6 +200,7 @@ class VitlabCLI(LightningCLI):
         if note:  # bf16 on a CPU that would emulate it
             rank_zero_warn(note)
             config.trainer.precision = precision
+        self._follow_weights_data_config(config)
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder
@@ -207,6 +210,36 @@ class VitlabCLI(LightningCLI):
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
                  "init_args": {"save_dir": config.runs_dir, "name": name}},
             ]
+
+    def _follow_weights_data_config(self, config: Any) -> None:
+        """The data's normalisation, interpolation and eval crop follow the weights' data config (the checkpoint
+        being resumed or evaluated, else ``model.pretrained``) where the user left them unset; one line says what
+        was taken from where. Runs before the data module is built, so config.yaml records the values used."""
+        ckpt = config.get("ckpt_path")
+        sources = [str(s) for s in (ckpt, config.model.get("pretrained")) if s and "://" not in str(s)]
+        if not sources or "init_args" not in config.data:
+            return
+        try:
+            found = next(((s, c) for s in sources if (c := data_config_of(s)) is not None), None)
+        except ValueError as e:  # a config.json or checkpoint that cannot be read
+            self._parser(self.subcommand).error(str(e))
+        say = f"vitlab {self.subcommand}:"
+        if found is None:
+            hub = " (hf-hub: only a config.json already in the Hugging Face cache is read)" \
+                if any(s.startswith("hf-hub:") for s in sources) else ""
+            _note(f"{say} {' / '.join(sources)} carries no data config{hub}: the data keeps its own mean/std, "
+                  f"interpolation and crop; set data.init_args.mean/std if the weights were trained otherwise")
+            return
+        source, weights = found
+        module, _, name = str(config.data.class_path).rpartition(".")
+        data_cls = getattr(sys.modules.get(module), name, None)  # imported by the parser already
+        same_pipeline = source == str(ckpt)  # the checkpoint being resumed or evaluated: its eval crop too
+        taken, overridden, unused = follow_weights(config.data.init_args, data_cls, weights, same_pipeline)
+        parts = [f"data {', '.join(taken)} from the weights' data config ({source})"] if taken else []
+        parts += [f"your {o} overrides the weights'" for o in overridden]
+        parts += [f"the weights' {u} is not used; set data.init_args.{u.split()[0]} to choose" for u in unused]
+        if parts:
+            _note(f"{say} {'; '.join(parts)}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
@@ -242,6 +275,12 @@ class VitlabCLI(LightningCLI):
         if self._checkpointing_off():  # Lightning refuses a ModelCheckpoint with enable_checkpointing=False
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _note(text: str) -> None:
+    """One line on stderr, from the first process only."""
+    if rank_zero_only.rank == 0:
+        print(text, file=sys.stderr)
 
 
 def check_checkpoint(path: str) -> None:

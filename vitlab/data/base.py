@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.predict import ImageFilesDataset, collate_skip_none
 from vitlab.data.resumable import ResumableDataLoader, SeededSampler
-from vitlab.data.stats import stats_for_channels
+from vitlab.data.stats import check_crop_pct, check_interpolation, check_stats, values_for_channels
 
 
 def default_num_workers() -> int:
@@ -45,6 +45,13 @@ class ImageDataModule(L.LightningDataModule):
         eval_subset: Use only N validation and N test samples (seeded random subsets).
         predict_dir: Folder of image files for ``predict``.
         pin_memory: Pin host memory for faster copies; None pins when CUDA is available.
+        mean: Normalisation mean, 1 or 3 values (converted to ``in_chans`` as :func:`values_for_channels`); None =
+            the data set's own statistics. ``vitlab fit --model.pretrained W`` fills it from the weights.
+        std: Normalisation std, as ``mean``.
+        interpolation: How images are resized, by timm's names (``bilinear``, ``bicubic``, ``nearest``; image
+            folders also ``box``, ``hamming``, ``lanczos``); None = the data set's default.
+        crop_pct: Eval centre crop as timm's: resize to ``img_size / crop_pct``, crop ``img_size``; in (0, 1].
+            None = the data set's default (1.0 for small images, 0.875 for image folders).
     """
 
     native_size: int | None = None  # side of the stored images; None when they vary (image folders)
@@ -52,6 +59,10 @@ class ImageDataModule(L.LightningDataModule):
     native_mean: tuple[float, ...] = ()
     native_std: tuple[float, ...] = ()
     default_img_size: int = 224  # used when img_size is None and native_size is None
+    interpolations: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # what the transforms can do
+    default_interpolation: str = "bilinear"
+    default_crop_pct: float = 1.0
+    eval_crop_from_weights: bool = True  # the CLI takes crop_pct from the weights (training crops at random scales)
 
     def __init__(
         self,
@@ -67,6 +78,10 @@ class ImageDataModule(L.LightningDataModule):
         eval_subset: int | None = None,
         predict_dir: str | None = None,
         pin_memory: bool | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -93,7 +108,12 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._in_chans = self.native_chans if in_chans is None else in_chans
         self._img_size = img_size or self.native_size or self.default_img_size
-        self._mean, self._std = stats_for_channels(self.native_mean, self.native_std, self._in_chans)
+        self._mean = values_for_channels(self.native_mean if mean is None else check_stats("mean", mean),
+                                         self._in_chans)
+        self._std = values_for_channels(self.native_std if std is None else check_stats("std", std, positive=True),
+                                        self._in_chans)
+        self._interpolation = check_interpolation(interpolation, self.interpolations) or self.default_interpolation
+        self._crop_pct = check_crop_pct(crop_pct) if crop_pct is not None else self.default_crop_pct
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -132,6 +152,23 @@ class ImageDataModule(L.LightningDataModule):
     def std(self) -> tuple[float, ...]:
         """Normalisation std, one per channel of ``in_chans``."""
         return self._std
+
+    @property
+    def interpolation(self) -> str:
+        """How images are resized (timm's name)."""
+        return self._interpolation
+
+    @property
+    def crop_pct(self) -> float:
+        """Fraction of the resized image the eval centre crop keeps."""
+        return self._crop_pct
+
+    @property
+    def data_config(self) -> dict:
+        """What the model is fed, in timm's keys: ``input_size`` [C, H, W], ``mean``, ``std``, ``interpolation``,
+        ``crop_pct``. Checkpoints store it, so predict, export and attention normalise as training did."""
+        return {"input_size": [self.in_chans, self.img_size, self.img_size], "mean": self.mean, "std": self.std,
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
 
     @property
     def predict_mode(self) -> str:

@@ -1,9 +1,9 @@
 """A loader that keeps a small uint8 data set (Fashion-MNIST, CIFAR) on the training device and augments there.
 
 With the whole set in GPU memory (CIFAR-10 train is 150 MB as uint8) a batch is an index into it plus a few batched
-tensor ops - random crop with zero padding, horizontal flip, channel conversion, resize, normalisation - so no
-worker process or host-to-device copy can starve the GPU. The result matches ``small_image_transform``
-(same steps, same order); only the random numbers differ.
+tensor ops - random crop with zero padding, horizontal flip, channel conversion, resize (and the eval centre crop),
+normalisation - so no worker process or host-to-device copy can starve the GPU. The result matches
+``small_image_transform`` (same steps, same order); only the random numbers differ.
 
 Shuffling is seeded and changes every epoch; under DDP each rank takes its own shard of the same permutation
 (padded to equal length, as ``DistributedSampler``).
@@ -79,7 +79,10 @@ class DeviceCachedLoader:
             normalisation); 0 = off.
         device: Where the set lives and batches are made; default the current CUDA device, else CPU.
         seed: Seed of the shuffling and the augmentation.
-        img_size: Output side (bilinear, antialiased resize after augmentation); None keeps the stored size.
+        img_size: Output side (antialiased resize after augmentation); None keeps the stored size.
+        interpolation: Resize mode: "nearest", "bilinear" or "bicubic" (timm's names).
+        crop_pct: Eval only: resize to ``img_size / crop_pct`` and keep the centre ``img_size``, as timm's eval
+            transform; 1 = resize straight to ``img_size``.
         in_chans: Output channels (gray <-> RGB as torchvision does); None keeps the stored channels.
         drop_last: Drop a ragged last batch; default: when training and the shard holds more than one batch.
         rank: This process's rank; default from ``torch.distributed`` when initialised, else 0.
@@ -91,8 +94,8 @@ class DeviceCachedLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True, erase: float = 0.0,
                  device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
-                 in_chans: int | None = None, drop_last: bool | None = None, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 in_chans: int | None = None, interpolation: str = "bilinear", crop_pct: float = 1.0,
+                 drop_last: bool | None = None, rank: int | None = None, world_size: int | None = None) -> None:
         if images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
         if images.ndim == 3:
@@ -115,8 +118,13 @@ class DeviceCachedLoader:
         if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
             raise ValueError(f"erase must be a probability in [0, 1], got {erase!r}")
         self.batch_size, self.train, self.pad, self.flip, self.erase = batch_size, train, pad, flip, float(erase)
+        if interpolation not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'nearest', 'bilinear' or 'bicubic', got {interpolation!r}")
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
         self.in_chans = in_chans or images.shape[1]
         self.img_size = img_size
+        self.interpolation, self.crop_pct = interpolation, float(crop_pct)
         out_c = self.in_chans
         if len(mean) != out_c or len(std) != out_c:
             raise ValueError(f"mean and std need {out_c} values (one per output channel), got {mean} and {std}")
@@ -198,13 +206,23 @@ class DeviceCachedLoader:
             else:
                 w = torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)
                 x = (x * w).sum(dim=1, keepdim=True)
-        if self.img_size and x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True,
-                              align_corners=False)
+        size = self.img_size or x.shape[-1]
+        if not self.train and self.crop_pct < 1:  # timm's eval crop: resize larger, keep the centre
+            x = self._resize(x, math.floor(size / self.crop_pct))
+            top = int(round((x.shape[-1] - size) / 2.0))  # as torchvision's CenterCrop
+            x = x[..., top:top + size, top:top + size]  # (B, C, size, size)
+        elif x.shape[-1] != size:
+            x = self._resize(x, size)
         x = (x - self.mean) / self.std
         if self.train and self.erase > 0:
             x = self._random_erase(x, generator)
         return x
+
+    def _resize(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, side, side), antialiased where the mode allows it (as torchvision's Resize)."""
+        smooth = self.interpolation != "nearest"
+        return F.interpolate(x, size=(side, side), mode=self.interpolation, antialias=smooth,
+                             align_corners=False if smooth else None)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         B, C, H, W = x.shape

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from timm.data import DEFAULT_CROP_PCT
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
@@ -43,7 +44,8 @@ class ImageFolderDataModule(ImageDataModule):
     Without ``val/``, validation is ``val_split`` held out of train. Without ``test/``, test uses the
     validation set. Images of every PIL mode are decoded to RGB (``L`` when ``in_chans=1``); a file that
     cannot be decoded stops loading with an error naming it. Transforms are timm's ImageNet pipelines
-    (RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25) with ImageNet mean/std; ``img_size``
+    (RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25) with ImageNet mean/std, bilinear resizing
+    and a 0.875 eval crop unless ``mean``/``std``/``interpolation``/``crop_pct`` say otherwise; ``img_size``
     defaults to 224. Arguments as :class:`ImageDataModule`.
     """
 
@@ -51,6 +53,8 @@ class ImageFolderDataModule(ImageDataModule):
     native_mean = IMAGENET_MEAN
     native_std = IMAGENET_STD
     default_img_size = 224
+    interpolations = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL's, as timm names them
+    default_crop_pct = DEFAULT_CROP_PCT
 
     def _check_source(self) -> None:
         """Read the class folders of ``train/`` now: ``num_classes`` is needed before ``setup``."""
@@ -71,7 +75,8 @@ class ImageFolderDataModule(ImageDataModule):
         return "L" if self.in_chans == 1 else "RGB"
 
     def _transform(self, train: bool) -> Callable:
-        return imagenet_transform(img_size=self.img_size, mean=self.mean, std=self.std, train=train)
+        return imagenet_transform(img_size=self.img_size, mean=self.mean, std=self.std, train=train,
+                                  interpolation=self.interpolation, crop_pct=self.crop_pct)
 
     def predict_transform(self) -> Callable:
         return self._transform(train=False)

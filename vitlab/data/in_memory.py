@@ -49,6 +49,7 @@ class InMemoryDataModule(ImageDataModule):
     """
 
     crop_padding: int = 4  # zero padding of the training random crop
+    eval_crop_from_weights = False  # training sees whole images, so eval does too (crop_pct 1) unless asked
 
     def __init__(self, *args, on_device: bool = False, random_erasing: float = 0.0, **kwargs) -> None:
         if not isinstance(on_device, bool):
@@ -68,13 +69,14 @@ class InMemoryDataModule(ImageDataModule):
         return small_image_transform(
             native_size=self.native_size, native_chans=self.native_chans, img_size=self.img_size,
             in_chans=self.in_chans, mean=self.mean, std=self.std, train=train and self.augment,
-            crop_padding=self.crop_padding, random_erasing=self.random_erasing,
+            interpolation=self.interpolation, crop_pct=self.crop_pct, crop_padding=self.crop_padding,
+            random_erasing=self.random_erasing,
         )
 
     def predict_transform(self) -> Callable:
         return small_image_predict_transform(
             native_chans=self.native_chans, img_size=self.img_size, in_chans=self.in_chans,
-            mean=self.mean, std=self.std,
+            mean=self.mean, std=self.std, interpolation=self.interpolation, crop_pct=self.crop_pct,
         )
 
     def _test_set(self) -> TensorImageDataset:
@@ -104,18 +106,18 @@ class InMemoryDataModule(ImageDataModule):
             device, rank, world = trainer.strategy.root_device, trainer.global_rank, trainer.world_size
         else:
             device, rank, world = None, 0, 1
+        resizing = dict(img_size=self.img_size, in_chans=self.in_chans, interpolation=self.interpolation)
         if not train:  # every rank evaluates its own shard of the set, as Lightning's DistributedSampler
             return DeviceCachedLoader.from_dataset(dataset, self.batch_size, self.mean, self.std, train=False,
-                                                   device=device, img_size=self.img_size, in_chans=self.in_chans,
-                                                   rank=rank, world_size=world)
+                                                   device=device, crop_pct=self.crop_pct, rank=rank,
+                                                   world_size=world, **resizing)
         if len(dataset) < self.batch_size * world:
             rank_zero_warn(f"batch_size={self.batch_size} exceeds the {len(dataset)} training samples: "
                            f"each epoch is one batch")
         return DeviceCachedLoader.from_dataset(
             dataset, self.batch_size, self.mean, self.std, train=True, pad=self.crop_padding if self.augment else 0,
             flip=self.augment, erase=self.random_erasing if self.augment else 0.0, device=device,
-            seed=torch.initial_seed() % 2**63, img_size=self.img_size, in_chans=self.in_chans, rank=rank,
-            world_size=world)
+            seed=torch.initial_seed() % 2**63, rank=rank, world_size=world, **resizing)
 
     def train_dataloader(self) -> DataLoader | DeviceCachedLoader:
         if not self.on_device:

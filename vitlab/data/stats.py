@@ -1,7 +1,10 @@
-"""Per-data-set constants: class names, native image size/channels and normalisation statistics.
+"""Per-data-set constants: class names, native image size/channels and normalisation statistics, and the checks of
+user-given statistics, interpolation and crop.
 
 The one place these numbers live. Means/stds are per channel over the training split, in [0, 1] units.
 """
+
+import math
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -41,14 +44,24 @@ IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 
+def values_for_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """Per-channel values (a mean or a std) for ``in_chans`` channels: gray -> RGB repeats the one value, RGB ->
+    gray takes the luma-weighted mean (for a std an approximation that ignores the correlation between channels,
+    close enough for normalisation)."""
+    if len(values) == in_chans:
+        return tuple(values)
+    if len(values) == 1 and in_chans == 3:
+        return tuple(values) * 3
+    if len(values) == 3 and in_chans == 1:
+        return (round(sum(w * x for w, x in zip(LUMA_WEIGHTS, values)), 4),)
+    raise ValueError(f"cannot adapt {len(values)}-channel statistics to in_chans={in_chans}")
+
+
 def stats_for_channels(
     mean: tuple[float, ...], std: tuple[float, ...], in_chans: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Adapt per-channel statistics to the channel count the images are converted to.
-
-    Gray -> RGB repeats the single value. RGB -> gray takes the luma-weighted mean of the channel means and
-    stds; for the std that is an approximation (it ignores the correlation between channels), close enough
-    for normalisation.
+    """Adapt per-channel statistics to the channel count the images are converted to (see
+    :func:`values_for_channels`).
 
     Args:
         mean: Native per-channel means (length 1 or 3).
@@ -58,11 +71,30 @@ def stats_for_channels(
     Returns:
         ``(mean, std)``, each of length ``in_chans``.
     """
-    if len(mean) == in_chans:
-        return tuple(mean), tuple(std)
-    if len(mean) == 1 and in_chans == 3:
-        return tuple(mean) * 3, tuple(std) * 3
-    if len(mean) == 3 and in_chans == 1:
-        luma = lambda v: (round(sum(w * x for w, x in zip(LUMA_WEIGHTS, v)), 4),)  # noqa: E731
-        return luma(mean), luma(std)
-    raise ValueError(f"cannot adapt {len(mean)}-channel statistics to in_chans={in_chans}")
+    return values_for_channels(mean, in_chans), values_for_channels(std, in_chans)
+
+
+def check_stats(name: str, values, positive: bool = False) -> tuple[float, ...]:
+    """``values`` as a tuple of 1 or 3 finite numbers (> 0 when ``positive``); ValueError naming ``name`` else."""
+    ok = isinstance(values, (list, tuple)) and len(values) in (1, 3) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in values)
+    if not ok:
+        what = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"{name} must be 1 or 3 {what} (one per channel; gray <-> RGB is converted), "
+                         f"got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def check_interpolation(name: str | None, allowed: tuple[str, ...]) -> str | None:
+    """``name`` if it is one of ``allowed`` (timm's interpolation names) or None; ValueError naming it else."""
+    if name is not None and name not in allowed:
+        raise ValueError(f"interpolation must be one of {list(allowed)}, got {name!r}")
+    return name
+
+
+def check_crop_pct(value) -> float:
+    """``value`` as a float in (0, 1]; ValueError naming crop_pct else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {value!r}")
+    return float(value)

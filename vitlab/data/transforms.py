@@ -1,6 +1,8 @@
 """Transforms shared by the data modules: uint8 tensor pipelines for small in-memory images and timm's
 ImageNet pipelines for image files."""
 
+import math
+
 import timm.data
 import torch
 from PIL import Image
@@ -22,6 +24,16 @@ for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):  # Augme
     auto_augment.NAME_TO_OP[_name] = _posterize
 
 
+def resize(size: int | tuple[int, int], interpolation: str) -> v2.Resize:
+    """Resize with timm's interpolation name; ``size`` an int resizes the short side."""
+    return v2.Resize(size, interpolation=v2.InterpolationMode(interpolation), antialias=True)
+
+
+def scale_size(img_size: int, crop_pct: float) -> int:
+    """Side the eval resize goes to before the centre crop of ``img_size``, as timm's eval transform."""
+    return math.floor(img_size / crop_pct)
+
+
 def channel_transform(native_chans: int, in_chans: int) -> v2.Transform:
     """Gray -> RGB by repeating the channel, RGB -> gray with luma weights; identity when they match."""
     return v2.Identity() if native_chans == in_chans else v2.Grayscale(num_output_channels=in_chans)
@@ -36,13 +48,17 @@ def small_image_transform(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     train: bool,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
     crop_padding: int = 4,
     random_erasing: float = 0.0,
 ) -> v2.Compose:
     """Transform for one uint8 image tensor ``(C, H, W)`` of a small-image data set (Fashion-MNIST, CIFAR).
 
-    Train: random crop with zero padding + horizontal flip at the native size, then the eval steps.
-    Eval: channel conversion, to float in [0, 1], resize to ``img_size`` if it differs, normalise.
+    Train: random crop with zero padding + horizontal flip at the native size, channel conversion, to float in
+    [0, 1], resize to ``img_size`` if it differs, normalise.
+    Eval: the same without the random steps; with ``crop_pct`` < 1 the resize goes to ``img_size / crop_pct``
+    and the centre ``img_size`` is kept, as timm's eval transform.
 
     Args:
         native_size: Side of the stored images (28, 32).
@@ -52,6 +68,8 @@ def small_image_transform(
         mean: Per-channel mean for the output channels.
         std: Per-channel std for the output channels.
         train: Add the random augmentation.
+        interpolation: Resize interpolation: "nearest", "bilinear" or "bicubic" (antialiased).
+        crop_pct: Eval only: fraction of the resized image kept by the centre crop, in (0, 1].
         crop_padding: Zero padding of the random crop; 0 disables the crop.
         random_erasing: Train only: probability of timm's ``RandomErasing`` (mode "pixel"), after normalising.
 
@@ -64,8 +82,10 @@ def small_image_transform(
             steps.append(v2.RandomCrop(native_size, padding=crop_padding))
         steps.append(v2.RandomHorizontalFlip())
     steps += [channel_transform(native_chans, in_chans), v2.ToDtype(torch.float32, scale=True)]
-    if img_size != native_size:
-        steps.append(v2.Resize((img_size, img_size), antialias=True))
+    if not train and crop_pct < 1:
+        steps += [resize(scale_size(img_size, crop_pct), interpolation), v2.CenterCrop(img_size)]
+    elif img_size != native_size:
+        steps.append(resize((img_size, img_size), interpolation))
     steps.append(v2.Normalize(mean, std))
     if train and random_erasing > 0:
         steps.append(timm.data.random_erasing.RandomErasing(probability=random_erasing, mode="pixel", device="cpu"))
@@ -79,14 +99,17 @@ def small_image_predict_transform(
     in_chans: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
 ) -> v2.Compose:
     """Eval transform for an arbitrary PIL image (already in the data set's native mode, "L" or "RGB").
 
-    Resizes the short side to ``img_size`` and centre-crops, so the output is square whatever the input.
+    Resizes the short side to ``img_size / crop_pct`` and centre-crops ``img_size``, so the output is square
+    whatever the input.
     """
     return v2.Compose([
         v2.PILToTensor(),  # (native_chans, H, W) uint8
-        v2.Resize(img_size, antialias=True),
+        resize(scale_size(img_size, crop_pct), interpolation),
         v2.CenterCrop(img_size),
         channel_transform(native_chans, in_chans),
         v2.ToDtype(torch.float32, scale=True),
@@ -95,15 +118,18 @@ def small_image_predict_transform(
 
 
 def imagenet_transform(
-    *, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool
+    *, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool,
+    interpolation: str = "bilinear", crop_pct: float = timm.data.DEFAULT_CROP_PCT,
 ):
     """timm's ImageNet pipeline on PIL images.
 
     Train: RandomResizedCrop + flip + RandAugment ``rand-m9-mstd0.5-inc1`` + random erasing (p=0.25).
-    Eval: resize to ``img_size / 0.875`` and centre-crop ``img_size``.
+    Eval: resize to ``img_size / crop_pct`` and centre-crop ``img_size``.
     """
     if train:
         return timm.data.create_transform(
-            img_size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mean=mean, std=std
+            img_size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mean=mean, std=std,
+            interpolation=interpolation,
         )
-    return timm.data.create_transform(img_size, is_training=False, mean=mean, std=std)
+    return timm.data.create_transform(img_size, is_training=False, mean=mean, std=std, interpolation=interpolation,
+                                      crop_pct=crop_pct)

@@ -335,7 +335,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     ``torch.load(weights_only=True)``, so nothing in it runs.
 
     Returns:
-        ``(model, data)``: ``data`` may hold ``mean``, ``std`` and ``classes`` (see :func:`_data_info`).
+        ``(model, data)``: ``data`` may hold ``mean``, ``std``, ``interpolation``, ``crop_pct`` and ``classes``: the
+        checkpoint's own ``data_config`` and ``class_names`` (written by ``vitlab fit``), else what
+        :func:`_data_info` finds for older checkpoints.
     """
     from vitlab.models.config import ViTConfig
     from vitlab.models.pretrained import load_state_dict_checked
@@ -360,7 +362,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     if not weights:
         raise ValueError(f"{path}: state_dict has no '{prefix}*' weights of a vitlab model")
     load_state_dict_checked(model, weights, str(path))
-    return model, _data_info(ckpt, path, model.cfg.in_chans)
+    info = _data_info(ckpt, path, model.cfg.in_chans)
+    stored = ckpt.get("data_config") or {}
+    info.update({k: stored[k] for k in ("mean", "std", "interpolation", "crop_pct") if stored.get(k) is not None})
+    if ckpt.get("class_names"):
+        info["classes"] = list(ckpt["class_names"])
+    return model, info
 
 
 def _data_info(ckpt: dict, path: Path, in_chans: int) -> dict:
@@ -400,13 +407,15 @@ def _data_info(ckpt: dict, path: Path, in_chans: int) -> dict:
 
 
 def read_images(paths: Sequence[str | Path], img_size: int, in_chans: int, mean: Sequence[float],
-                std: Sequence[float]) -> torch.Tensor:
-    """Image files -> normalised (B, in_chans, img_size, img_size): short side resized, centre-cropped."""
+                std: Sequence[float], interpolation: str = "bilinear", crop_pct: float = 1.0) -> torch.Tensor:
+    """Image files -> normalised (B, in_chans, img_size, img_size): short side resized to ``img_size / crop_pct``
+    with ``interpolation``, centre-cropped."""
     from vitlab.data.image_io import load_image
     from vitlab.data.transforms import small_image_predict_transform
 
     transform = small_image_predict_transform(native_chans=in_chans, img_size=img_size, in_chans=in_chans,
-                                              mean=tuple(mean), std=tuple(std))
+                                              mean=tuple(mean), std=tuple(std), interpolation=interpolation,
+                                              crop_pct=crop_pct)
     mode = "L" if in_chans == 1 else "RGB"
     return torch.stack([transform(load_image(p, mode)) for p in paths])
 
@@ -473,10 +482,17 @@ def main(argv: list[str] | None = None) -> int:
         model, info = create_model(args.model, pretrained=args.weights, **overrides), {}
         if not args.weights:
             print("warning: no --weights given, the model is randomly initialised")
+        else:
+            from vitlab.models.data_config import class_names_of, data_config_of
+            info = dict(data_config_of(args.weights) or {})
+            info["classes"] = class_names_of(args.weights)
     C, size = model.cfg.in_chans, model.cfg.img_size
     mean = args.mean or info.get("mean") or (0.5,)
     std = args.std or info.get("std") or (0.5,)
-    mean, std = _per_channel(mean, C), _per_channel(std, C)
+    mean, std = _channels(mean, C), _channels(std, C)
+    interpolation, crop_pct = info.get("interpolation", "bilinear"), info.get("crop_pct", 1.0)
+    if interpolation not in ("nearest", "bilinear", "bicubic"):  # PIL-only (lanczos, box, hamming): the closest
+        interpolation = "bicubic"
 
     if args.image_dir:
         files = sorted(f for f in Path(args.image_dir).iterdir() if f.suffix.lower() in IMG_EXTENSIONS)
@@ -488,13 +504,21 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(args.device).eval()
     written = []
     for i in range(0, len(files), args.batch_size):
-        batch = read_images(files[i:i + args.batch_size], size, C, mean, std)
+        batch = read_images(files[i:i + args.batch_size], size, C, mean, std, interpolation, crop_pct)
         written += save_overlays(model, batch, args.out, mean, std, names=stems[i:i + args.batch_size],
                                  per_layer=args.per_layer, classes=info.get("classes"),
                                  discard_ratio=args.discard_ratio, head_fusion=args.head_fusion)
     for path in written:
         print(path)
     return 0
+
+
+def _channels(v: Sequence[float], C: int) -> list[float]:
+    """Statistics for ``C`` channels: one value repeated, RGB -> gray by luma (as the data modules convert)."""
+    from vitlab.data.stats import values_for_channels
+
+    v = [float(a) for a in v]
+    return list(values_for_channels(tuple(v), C)) if len(v) == 3 and C == 1 else _per_channel(v, C)
 
 
 def _unique_stems(files: Sequence[Path]) -> list[str]:

@@ -3,7 +3,8 @@
 The graph comes from ``torch.export`` (the dynamo ONNX exporter, opset 18), so shapes stay symbolic: the token
 grid is computed from the input's height and width inside the graph, and a learned position table is resampled
 (bicubic, antialiased, as timm's ``resample_abs_pos_embed``) to that grid in the graph too. ``verify_onnx`` runs
-the file with onnxruntime against the eager model.
+the file with onnxruntime against the eager model. The file's ``metadata_props`` hold the data config (input size,
+mean, std, interpolation, crop_pct) and the class names of the checkpoint or weights, as JSON values.
 
     vitlab export --model vit_micro_patch4_28 --weights model.safetensors --out model.onnx
     vitlab export --checkpoint runs/fashion_mnist/version_0/checkpoints/last.ckpt --out model.onnx
@@ -126,10 +127,12 @@ def _run_elsewhere(path: Path, batch: int, in_chans: int, side: int) -> str:
 
 
 def verify_onnx(path: str | Path, model: nn.Module, shapes: Sequence[tuple[int, int]] = ((1, 0), (3, 0)),
-                atol: float = 1e-4, seed: int = 0) -> float:
+                atol: float = 1e-4, seed: int = 0, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> float:
     """Largest |onnxruntime - eager| over random inputs of each ``(batch, image side)``; raises if > ``atol``.
 
-    An image side of 0 means the model's ``cfg.img_size``.
+    An image side of 0 means the model's ``cfg.img_size``. With ``mean``/``std`` the inputs are random images in
+    [0, 1] normalised by them (what the model is fed); without, standard normal noise.
     """
     import onnxruntime as ort
 
@@ -143,7 +146,12 @@ def verify_onnx(path: str | Path, model: nn.Module, shapes: Sequence[tuple[int, 
     try:
         for batch, side in shapes:
             side = side or cfg.img_size
-            x = torch.randn(batch, cfg.in_chans if cfg else 3, side, side, generator=g)
+            C = cfg.in_chans if cfg else 3
+            if mean is not None and std is not None:
+                m, s = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
+                x = (torch.rand(batch, C, side, side, generator=g) - m) / s
+            else:
+                x = torch.randn(batch, C, side, side, generator=g)
             with torch.no_grad():
                 ref = model.to("cpu")(x).float()
             out = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
@@ -158,6 +166,26 @@ def verify_onnx(path: str | Path, model: nn.Module, shapes: Sequence[tuple[int, 
     finally:
         model.train(was_training)
     return worst
+
+
+def add_metadata(path: str | Path, data_config: dict[str, Any] | None, class_names: Sequence[str] | None) -> dict:
+    """Store the data config (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``) and the class
+    names in the ONNX file's ``metadata_props``, each value as JSON, so a runtime user normalises as training did.
+    Returns what was stored."""
+    import json
+
+    import onnx
+
+    props = {k: json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in (data_config or {}).items()}
+    if class_names:
+        props["class_names"] = json.dumps(list(class_names))
+    if props:
+        proto = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+        for key, value in props.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(path))
+    return props
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -233,14 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``vitlab export``; returns the exit code."""
+    from vitlab.data.stats import values_for_channels
+    from vitlab.models.data_config import class_names_of, data_config_of
+
     args = build_parser().parse_args(argv)
     model = build_model(args.checkpoint, args.model, parse_overrides(args.set), args.weights, ema=not args.no_ema)
     path = export_onnx(model, args.out, img_size=args.img_size, opset=args.opset)
-    print(f"wrote {path} (dynamic batch, height, width; opset {args.opset})")
+    source = args.checkpoint or args.weights  # a vitlab .ckpt, or weights with a config.json beside them
+    data_config = data_config_of(source)
+    if data_config:  # the model's channels (a gray model from RGB weights: luma-weighted statistics)
+        C = model.cfg.in_chans
+        data_config.update(mean=values_for_channels(data_config["mean"], C),
+                           std=values_for_channels(data_config["std"], C))
+        data_config["input_size"] = [C, *data_config["input_size"][1:]]
+    stored = add_metadata(path, data_config, class_names_of(source))
+    print(f"wrote {path} (dynamic batch, height, width; opset {args.opset}"
+          + (f"; metadata: {', '.join(stored)})" if stored else "; no data config found for its metadata)"))
     if not args.no_verify:
         side = model.cfg.img_size
         other = side + 2 * model.patch_embed.stride  # another grid: positions resampled in the graph
-        diff = verify_onnx(path, model, shapes=((1, side), (3, side), (2, other)))
+        mean, std = (data_config["mean"], data_config["std"]) if data_config else (None, None)
+        diff = verify_onnx(path, model, shapes=((1, side), (3, side), (2, other)), mean=mean, std=std)
         print(f"onnxruntime matches eager at batch 1 and 3, {side} and {other} px: max |diff| = {diff:.2e}")
     return 0
 

@@ -168,13 +168,11 @@ class PredictionWriter(BasePredictionWriter):
             probs = torch.cat([g[2] for g in gathered])
         run_dir = trainer.log_dir  # a broadcast under DDP: every process asks
         if trainer.is_global_zero:
-            self._write(trainer, run_dir, index, classes, probs)
+            self._write(trainer, run_dir, index, classes, probs, class_names(pl_module, trainer.datamodule))
 
     def _write(self, trainer: L.Trainer, run_dir: str | None, index: torch.Tensor, classes: torch.Tensor,
-               probs: torch.Tensor) -> None:
-        dm = trainer.datamodule
-        files = list(getattr(dm, "predict_files", []) or [])
-        names = list(getattr(dm, "classes", []) or [])
+               probs: torch.Tensor, names: list[str]) -> None:
+        files = list(getattr(trainer.datamodule, "predict_files", []) or [])
         order = {}  # dataset index -> row; drops the duplicates a distributed sampler pads with
         for row, i in enumerate(index.tolist()):
             order.setdefault(i, row)
@@ -201,6 +199,17 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_info(f"wrote {len(table)} predictions to {self.path}")
 
 
+def class_names(pl_module: L.LightningModule, datamodule: Any) -> list[str]:
+    """What the model's outputs mean: the class names its checkpoint stored (the data it was trained on), else
+    the data module's; a warning when the two disagree."""
+    stored = list(getattr(pl_module, "class_names", None) or [])
+    current = list(getattr(datamodule, "classes", None) or [])
+    if stored and current and stored != current:
+        rank_zero_warn(f"the checkpoint's class names ({', '.join(stored[:5])}, ...) differ from the data's "
+                       f"({', '.join(current[:5])}, ...): predictions are labelled with the checkpoint's")
+    return stored or current
+
+
 def _print_table(header: list[str], rows: list[list[Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -216,4 +225,5 @@ def _print_table(header: list[str], rows: list[list[Any]], title: str) -> None:
     Console().print(table)
 
 
-__all__ = ["RunPlots", "PredictionWriter", "read_epoch_metrics", "plot_learning_curves", "plot_confusion_matrix"]
+__all__ = ["RunPlots", "PredictionWriter", "class_names", "read_epoch_metrics", "plot_learning_curves",
+           "plot_confusion_matrix"]

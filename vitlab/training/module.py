@@ -309,9 +309,19 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
+        # what the model was fed and what its outputs mean, for predict, export and attention maps
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data_config = getattr(dm, "data_config", None) or getattr(self, "data_config", None)
+        class_names = getattr(dm, "classes", None) or getattr(self, "class_names", None)
+        if data_config:
+            checkpoint["data_config"] = dict(data_config)
+        if class_names:
+            checkpoint["class_names"] = [str(c) for c in class_names]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        self.data_config = checkpoint.get("data_config")  # None for checkpoints written before they stored it
+        self.class_names = checkpoint.get("class_names")
         check_checkpoint_fits(self, checkpoint.get("state_dict", {}), checkpoint.get("hyper_parameters", {}))
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
