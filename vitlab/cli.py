@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-import vitlab.data  # noqa: F401  (imports every data module, so `--data CIFAR10DataModule` resolves)
+from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.models.data_config import data_config_of, follow_weights
 from vitlab.training.callbacks import PredictionWriter, RunPlots

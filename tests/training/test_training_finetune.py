@@ -5,6 +5,8 @@ import pytest
 import torch
 from conftest import FASHION_MNIST_DIR
 
+from timm.optim import param_groups_layer_decay
+
 from vitlab.data import FashionMNISTDataModule
 from vitlab.models.layers import Attention
 from vitlab.training import ImageClassifier
@@ -37,10 +39,15 @@ def test_layer_decay_groups_scale_lr_by_depth(tmp_path):
     peak = model.lr
     by_param = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
     names = dict(model.model.named_parameters())
+    # timm's grouping (group_matcher): head, the last block with the final norm, blocks down, the tokenizer
     assert by_param[id(names["head.weight"])] == pytest.approx(peak)
+    assert by_param[id(names["norm.weight"])] == pytest.approx(peak * 0.5)
     assert by_param[id(names["blocks.2.mlp.fc1.weight"])] == pytest.approx(peak * 0.5)
     assert by_param[id(names["blocks.0.mlp.fc1.weight"])] == pytest.approx(peak * 0.5 ** 3)
     assert by_param[id(names["patch_embed.proj.weight"])] == pytest.approx(peak * 0.5 ** 4)
+    timm_groups = param_groups_layer_decay(model.model, layer_decay=0.5)  # the same scales as timm's own
+    timm_scale = {id(p): g["lr_scale"] for g in timm_groups for p in g["params"]}
+    assert {k: v / peak for k, v in by_param.items()} == pytest.approx(timm_scale)
     assert layer_id("_orig_mod.blocks.1.attn.qkv.weight", 3) == 2  # names inside torch.compile still match
 
 
@@ -94,3 +101,18 @@ def test_compile_and_channels_last_train(tmp_path):
     assert not any("_orig_mod" in k for k in model.model.state_dict())  # checkpoints load without compile
     stem_conv = model.model.patch_embed.stem[0][0].weight
     assert stem_conv.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lamb", "lion"])
+def test_timm_optimizers_by_name_with_layer_decay(tmp_path, name):
+    model = ImageClassifier(**TINY, optimizer=name, layer_decay=0.5)
+    before = fit(model, tmp_path, max_steps=2)
+    opt = model.trainer.optimizers[0]
+    assert type(opt).__name__.lower() == name
+    assert len({g["lr_scale"] for g in opt.param_groups}) == TINY["depth"] + 2  # stem, 3 blocks (+ norm), head
+    assert "blocks.0.attn.qkv.weight" in changed(model, before)
+
+
+def test_unknown_optimizer_named():
+    with pytest.raises(ValueError, match="optimizer='adamx'"):
+        ImageClassifier(**TINY, optimizer="adamx")

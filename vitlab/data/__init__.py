@@ -1,24 +1,35 @@
 """LightningDataModules for Fashion-MNIST, CIFAR-10/100 and image-folder trees (ImageNet), plus a data set of
-loose image files for prediction."""
+loose image files for prediction.
 
-from vitlab.data.base import ImageDataModule
-from vitlab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from vitlab.data.digits import DigitsDataModule
-from vitlab.data.fashion_mnist import FashionMNISTDataModule
-from vitlab.data.image_folder import ImageFolderDataModule, ImageNetDataModule
-from vitlab.data.image_io import ImageDecodeError, load_image
-from vitlab.data.predict import ImageFilesDataset, collate_skip_none
+Names load on first use (PEP 562), so ``vitlab.data.stats`` (data-set constants the model presets also read)
+imports without Lightning; ``from vitlab.data import *`` loads every data module.
+"""
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ImageDataModule",
-    "FashionMNISTDataModule",
-    "CIFAR10DataModule",
-    "CIFAR100DataModule",
-    "DigitsDataModule",
-    "ImageFolderDataModule",
-    "ImageNetDataModule",
-    "ImageFilesDataset",
-    "collate_skip_none",
-    "ImageDecodeError",
-    "load_image",
-]
+_WHERE = {
+    "ImageDataModule": "base",
+    "FashionMNISTDataModule": "fashion_mnist",
+    "CIFAR10DataModule": "cifar",
+    "CIFAR100DataModule": "cifar",
+    "DigitsDataModule": "digits",
+    "ImageFolderDataModule": "image_folder",
+    "ImageNetDataModule": "image_folder",
+    "ImageFilesDataset": "predict",
+    "collate_skip_none": "predict",
+    "ImageDecodeError": "image_io",
+    "load_image": "image_io",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vitlab.data' has no attribute {name!r}")
+    value = getattr(import_module(f"vitlab.data.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,7 +1,8 @@
 """Fine-tuning controls: layer-wise learning-rate decay and which parameters train when.
 
-* ``layer_decay`` (BEiT / timm's ``param_groups_layer_decay``): the head trains at the full lr, block i at
-  ``layer_decay ** (depth - i)`` of it, the tokenizer and positions at ``layer_decay ** (depth + 1)``.
+* ``layer_decay`` (BEiT): timm's own grouping (``param_groups_layer_decay`` over the model's ``group_matcher``):
+  pooling, fc_norm and head at the full lr, block i (the last one with the final norm) at
+  ``layer_decay ** (depth - i)``, the tokenizer, positions and prefix tokens at ``layer_decay ** (depth + 1)``.
 * ``freeze="backbone"``: linear probe, only the head trains.
 * ``unfreeze_every_epochs=E``: gradual unfreezing (ULMFiT): the head first, then one more block from the top every
   E epochs, the tokenizer last.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 
+from timm.models._manipulate import group_with_matcher
 from torch import nn
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -35,11 +37,16 @@ def layer_id(name: str, depth: int) -> int:
     return int(match.group(1)) + 1 if match else depth + 1
 
 
-def lr_scale(name: str, depth: int, layer_decay: float | None) -> float:
-    """The multiplier of the peak lr for parameter ``name``."""
+def lr_scales(model: nn.Module, layer_decay: float | None) -> dict[str, float]:
+    """The multiplier of the peak lr for each parameter name (wrapper prefixes removed) of ``model``, grouped as
+    timm's ``param_groups_layer_decay`` groups it (timm's function takes a model and its optimizer settings; this
+    keeps vitlab's own groups: frozen parameters, no-decay names, wrapped names)."""
+    names = [clean_name(n) for n, _ in model.named_parameters()]
     if layer_decay is None:
-        return 1.0
-    return layer_decay ** (depth + 1 - layer_id(name, depth))
+        return dict.fromkeys(names, 1.0)
+    layer_map = group_with_matcher(((n, None) for n in names), model.group_matcher(coarse=False), reverse=True)
+    top = max(layer_map.values())
+    return {n: layer_decay ** (top - layer_map[n]) for n in names}
 
 
 def trainable(name: str, depth: int, *, step: int, epoch: int, freeze: str, unfreeze_every_epochs: float | None,

@@ -1,7 +1,7 @@
 """The image classifier: a vitlab model plus everything training needs, in the order a step runs.
 
-build model (+ EMA copy) -> [mixup/cutmix] -> loss -> metrics -> AdamW with the learning rate scaled by the
-global batch, linear warmup then cosine per step.
+build model (+ EMA copy) -> [mixup/cutmix] -> loss -> metrics -> timm's optimizer (AdamW by default) with the
+learning rate scaled by the global batch, linear warmup then cosine per step.
 
 Every architecture field of ``ViTConfig`` is a constructor argument, so LightningCLI shows them as ``model.*``
 (``model.preset: vit_micro_patch4_28``, ``model.tokenizer: conv``); an argument left ``None`` keeps the
@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MetricCollection
@@ -28,7 +29,7 @@ from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
 from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import PRESETS, get_config
 from vitlab.models.vit import VisionTransformer
-from vitlab.training.finetune import apply_trainable, clean_name, lr_scale
+from vitlab.training.finetune import apply_trainable, clean_name, lr_scales
 
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices on a typo
 MAX_CONSECUTIVE_SKIPS = 20  # nonfinite="skip" stops a run whose loss stays non-finite this many steps
@@ -86,7 +87,10 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: Linear warmup length in epochs (fractions allowed), counted in optimizer steps.
         weight_decay: AdamW weight decay, except for 1-d parameters (norms, biases) and ``no_weight_decay()``
             (positions, class and register tokens), which get none.
-        betas: AdamW betas.
+        optimizer: Any optimizer of timm's factory by its name (``timm.optim.list_optimizers()``: adamw, lamb,
+            lion, sgd, ...), built by ``timm.optim.create_optimizer_v2`` on vitlab's parameter groups.
+        betas: Betas, for the optimizers that take them (timm drops them for the others).
+        momentum: Momentum, for the optimizers that take it (sgd, ...).
         label_smoothing: Label smoothing of the training loss (also applied to mixup targets).
         mixup: Mixup alpha; 0 = off.
         cutmix: CutMix alpha; 0 = off. With either on, a batch gets one of them (50/50 when both are on)
@@ -148,7 +152,9 @@ class ImageClassifier(L.LightningModule):
         min_lr: float = 1e-6,
         warmup_epochs: float = 5.0,
         weight_decay: float = 0.05,
+        optimizer: str = "adamw",
         betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
         # ---- regularisation
         label_smoothing: float = 0.1,
         mixup: float = 0.0,
@@ -200,6 +206,9 @@ class ImageClassifier(L.LightningModule):
         for name, value in (("base_batch_size", base_batch_size), ("top_k", top_k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if optimizer not in list_optimizers():
+            raise ValueError(f"optimizer={optimizer!r} is not one of timm's optimizers: {list_optimizers()}")
+        _check("momentum", momentum, low=0.0, high=1.0)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
 
@@ -215,6 +224,7 @@ class ImageClassifier(L.LightningModule):
         # names (relative to self.model) of the parameters without weight decay, fixed before any wrapping
         skip = self.model.no_weight_decay()
         self.no_decay_names = {n for n, p in self.model.named_parameters() if p.ndim <= 1 or n in skip}
+        self.lr_scales = lr_scales(self.model, layer_decay)  # timm's layer grouping (group_matcher)
         self.ema = None
         if ema_decay is not None:
             self.ema = ModelEmaV3(self.model, decay=ema_decay).requires_grad_(False)
@@ -398,8 +408,8 @@ class ImageClassifier(L.LightningModule):
 
     # ---------------------------------------------------------------- optimiser and schedule
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups by (weight decay, lr scale): no decay for 1-d parameters, positions and tokens; with
-        ``layer_decay`` one lr scale per layer. Frozen parameters stay in (no gradient: AdamW skips them), so
+        """Parameter groups by (weight decay, lr scale): no decay for 1-d parameters, positions and tokens; with
+        ``layer_decay`` one lr scale per layer. Frozen parameters stay in (no gradient: the optimizer skips them), so
         unfreezing needs no new optimiser."""
         groups: dict[tuple[bool, float], dict[str, Any]] = {}
         for name, p in self.model.named_parameters():
@@ -407,7 +417,7 @@ class ImageClassifier(L.LightningModule):
                 continue
             name = clean_name(name)
             no_decay = name in self.no_decay_names
-            scale = lr_scale(name, self.cfg.depth, self.hparams.layer_decay)
+            scale = self.lr_scales[name]
             group = groups.setdefault((no_decay, scale), {
                 "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale,
                 "name": ("no_decay" if no_decay else "decay") + (f"_x{scale:.3g}" if scale != 1.0 else "")})
@@ -436,13 +446,17 @@ class ImageClassifier(L.LightningModule):
                        f"({per_process} x {trainer.world_size} processes x {accumulate} accumulated) "
                        f"/ {hp.base_batch_size} = {self.lr:.4g}")
 
-        # 2. AdamW; fused kernels on CUDA (unless fp16 loss scaling meets clipping), foreach elsewhere
-        fused = use_fused_adamw(self.device, trainer.precision_plugin, trainer.gradient_clip_val)
+        # 2. timm's optimizer by name on vitlab's groups; torch's Adam/AdamW fused on CUDA (unless fp16 loss
+        #    scaling meets clipping), foreach elsewhere
         groups = self.param_groups(hp.weight_decay)
         for group in groups:
             group["lr"] = self.lr * group["lr_scale"]  # LambdaLR scales each group's own initial lr
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(hp.betas),
-                                      fused=fused or None, foreach=None if fused else True)
+        extra: dict[str, Any] = {}
+        if hp.optimizer in ("adam", "adamw"):
+            fused = use_fused_adamw(self.device, trainer.precision_plugin, trainer.gradient_clip_val)
+            extra = {"fused": True} if fused else {"foreach": True}
+        optimizer = create_optimizer_v2(groups, opt=hp.optimizer, lr=self.lr, weight_decay=hp.weight_decay,
+                                        momentum=hp.momentum, betas=tuple(hp.betas), **extra)
 
         # 3. warmup then cosine, per optimizer step
         warmup_steps = round(hp.warmup_epochs * steps_per_epoch)
