@@ -49,6 +49,7 @@ def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
 TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
     "bench": _tool("bench"),                   # vitlab vs timm throughput, FLOPs, MFU, Lightning overhead
     "export": _tool("onnx_export"),            # ONNX with dynamic batch and image size
+    "timm-script": _tool("timm_script"),       # timm's own train.py / validate.py / benchmark.py on vitlab_ models
     "export-hub": _tool("hub_export"),         # Hugging Face Hub folder (timm's layout, model card), --push
     "attention": _tool("attention"),           # attention-rollout overlays for images and a checkpoint
     "compare": _tool("compare"),               # patch vs conv vs cct over seeds, report folder

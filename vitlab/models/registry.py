@@ -12,7 +12,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .config import ViTConfig
-from vitlab.data.stats import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from vitlab.data.stats import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, stats_for_channels
 from .vit import TIMM_POOLS, VisionTransformer
 
 # width, depth, heads, mlp ratio
@@ -158,15 +158,26 @@ def _timm_entrypoint(preset: str):
             raise ValueError(f"vitlab_{preset} has no published weights: pass pretrained_cfg_overlay=dict(file=PATH) "
                              f"(a .safetensors/.pth/.ckpt), checkpoint_path=PATH with pretrained=False, or use "
                              f"vitlab.create_model({preset!r}, pretrained=PATH_OR_TIMM_NAME)")
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             _build_for_timm(preset), f"vitlab_{preset}", pretrained,
             pretrained_filter_fn=_adapt_for_timm,  # state-dict sources: vitlab's adaptation
             feature_cfg=dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3)), **kwargs)
+        if isinstance(model, VisionTransformer):  # the data config describes this model, as built
+            model.pretrained_cfg = model.default_cfg = _fit_data_config(model.pretrained_cfg, model.cfg)
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = f"vitlab_{preset}"
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f"vitlab preset {preset!r} ({PRESETS[preset]})."
     return entrypoint
+
+
+def _fit_data_config(pretrained_cfg: dict[str, Any], cfg: ViTConfig) -> dict[str, Any]:
+    """The preset's data config for the model as built: its input size and classes, the statistics converted to its
+    channels (gray <-> RGB, as vitlab's data modules convert images), so timm's scripts feed it what it takes."""
+    mean, std = stats_for_channels(tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"]), cfg.in_chans)
+    return {**pretrained_cfg, "input_size": (cfg.in_chans, *cfg.img_hw), "num_classes": cfg.num_classes,
+            "mean": mean, "std": std}
 
 
 def _build_for_timm(preset: str):
