@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.models.data_config import data_config_of, follow_weights
-from vitlab.training.callbacks import PredictionWriter, RunPlots
+from vitlab.training.callbacks import PredictionWriter, RunPlots, TrainThroughput
 from vitlab.tools.machine import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
@@ -202,6 +202,8 @@ class VitlabCLI(LightningCLI):
             rank_zero_warn(note)
             config.trainer.precision = precision
         self._follow_weights_data_config(config)
+        if self.subcommand == "predict" and config.get("return_predictions") is None:
+            config.return_predictions = False  # PredictionWriter writes each batch; keep none of them in memory
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
         if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder
@@ -244,7 +246,8 @@ class VitlabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
-        extra = [LearningRateMonitor(logging_interval="step"), RunPlots(), PredictionWriter(), ResumeState()]
+        extra = [LearningRateMonitor(logging_interval="step"), TrainThroughput(), RunPlots(), PredictionWriter(),
+                 ResumeState()]
         best = self._get(self.config_init, "checkpoint", default=None)
         if self._checkpointing_off():  # trainer.enable_checkpointing: false -> no checkpoint callback at all
             best = None

@@ -18,9 +18,9 @@ import vitlab  # noqa: F401  (registers the vitlab_ models in timm)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
+    if not argv or argv[0] in ("-h", "--help"):  # as argparse: help exits 0, a missing argument 2
+        print(f"usage: vitlab timm-script SCRIPT [ARGS ...]\n{__doc__}")
+        raise SystemExit(0 if argv else 2)
     script = Path(argv[0])
     if not script.is_file():
         print(f"vitlab timm-script: error: {script} is not a file (give the path of one of timm's scripts, e.g. "

@@ -6,8 +6,11 @@ Figures are drawn with matplotlib's object API on the Agg canvas, so nothing tou
 from __future__ import annotations
 
 import csv
+import heapq
 import os
+import time
 from collections import defaultdict
+from contextlib import ExitStack
 from typing import Any, Sequence
 
 import lightning as L
@@ -139,7 +142,12 @@ class RunPlots(Callback):
 
 # ---------------------------------------------------------------------------------------------- predictions
 class PredictionWriter(BasePredictionWriter):
-    """Write ``predictions.csv`` (file, then label/probability per rank) and print it as a table.
+    """Write ``predictions.csv`` (file, then label/probability per rank) batch by batch, and print its head.
+
+    Each process appends its batches' rows to a part file as they come (nothing is held in memory); at the end the
+    first process merges the parts in data set order (a distributed sampler deals indices round-robin, so each part
+    is already sorted: a streaming merge), drops the duplicates the sampler padded with, and renames the result
+    into place, so a crash never leaves a half-written predictions.csv.
 
     Args:
         output: The CSV path; None = ``predictions.csv`` in ``trainer.log_dir`` (or the working directory).
@@ -147,56 +155,76 @@ class PredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output: str | None = None, print_rows: int = 50) -> None:
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch")
         self.output = output
         self.print_rows = print_rows
         self.path: str | None = None
+        self._part: Any = None  # this process's open part file
+        self._k = 0
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any],
-                           batch_indices: Sequence[Any]) -> None:
-        rows = [p for p in predictions if p is not None]
-        if rows and isinstance(rows[0], list):  # several predict loaders: flatten
-            rows = [p for group in rows for p in group if p is not None]
-        index = torch.cat([r["index"].cpu() for r in rows]) if rows else torch.empty(0, dtype=torch.long)
-        classes = torch.cat([r["classes"].cpu() for r in rows]) if rows else torch.empty(0, 0, dtype=torch.long)
-        probs = torch.cat([r["probs"].float().cpu() for r in rows]) if rows else torch.empty(0, 0)
-        if trainer.world_size > 1:  # every process predicted a share: gather them on rank 0
-            gathered = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, (index, classes, probs))
-            index = torch.cat([g[0] for g in gathered])
-            classes = torch.cat([g[1] for g in gathered])
-            probs = torch.cat([g[2] for g in gathered])
+    def _part_path(self, rank: int) -> str:
+        return f"{self.path}.part{rank}"
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run_dir = trainer.log_dir  # a broadcast under DDP: every process asks
-        if trainer.is_global_zero:
-            self._write(trainer, run_dir, index, classes, probs, class_names(pl_module, trainer.datamodule))
-
-    def _write(self, trainer: L.Trainer, run_dir: str | None, index: torch.Tensor, classes: torch.Tensor,
-               probs: torch.Tensor, names: list[str]) -> None:
-        files = list(getattr(trainer.datamodule, "predict_files", []) or [])
-        order = {}  # dataset index -> row; drops the duplicates a distributed sampler pads with
-        for row, i in enumerate(index.tolist()):
-            order.setdefault(i, row)
-        k = classes.shape[1] if classes.ndim == 2 else 0
-        header = ["file"] + [c for r in range(1, k + 1) for c in (f"class{r}", f"class_id{r}", f"prob{r}")]
-        table = []
-        for i in sorted(order):
-            row = order[i]
-            line = [files[i] if i < len(files) else str(i)]
-            for c, p in zip(classes[row].tolist(), probs[row].tolist()):
-                line += [names[c] if c < len(names) else str(c), c, f"{p:.4f}"]
-            table.append(line)
         self.path = self.output or os.path.join(run_dir or ".", "predictions.csv")
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        self._part = open(self._part_path(trainer.global_rank), "w", newline="")
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        if prediction is None:  # every file of this batch failed to decode
+            return
+        index = prediction["index"].tolist()
+        classes, probs = prediction["classes"].tolist(), prediction["probs"].float().tolist()
+        self._k = len(classes[0]) if classes else self._k
+        writer = csv.writer(self._part)
+        for i, cs, ps in zip(index, classes, probs):
+            writer.writerow([i] + [v for c, p in zip(cs, ps) for v in (c, f"{p:.4f}")])
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._part.close()
+        k = max(trainer.strategy.all_gather(torch.tensor(self._k)).reshape(-1).tolist()) if \
+            trainer.world_size > 1 else self._k
+        trainer.strategy.barrier("predictions")  # every part is complete
+        if trainer.is_global_zero:
+            self._merge(trainer, pl_module, k)
+        trainer.strategy.barrier("predictions merged")
+
+    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule, k: int) -> None:
+        files = list(getattr(trainer.datamodule, "predict_files", []) or [])
+        names = class_names(pl_module, trainer.datamodule)
+        parts = [self._part_path(r) for r in range(trainer.world_size)]
+        header = ["file"] + [c for r in range(1, k + 1) for c in (f"class{r}", f"class_id{r}", f"prob{r}")]
+        shown, written, last = [], 0, None
+        tmp = f"{self.path}.tmp"
+        with ExitStack() as stack, open(tmp, "w", newline="") as f:
+            readers = [csv.reader(stack.enter_context(open(p, newline=""))) for p in parts]
+            rows = heapq.merge(*readers, key=lambda row: int(row[0]))  # streaming: the parts are each sorted
             writer = csv.writer(f)
             writer.writerow(header)
-            writer.writerows(table)
-        skipped = len(files) - len(table)
+            for row in rows:
+                i = int(row[0])
+                if i == last:  # a duplicate the distributed sampler padded with
+                    continue
+                last = i
+                line = [files[i] if i < len(files) else str(i)]
+                for c, p in zip(row[1::2], row[2::2]):
+                    line += [names[int(c)] if int(c) < len(names) else c, int(c), p]
+                writer.writerow(line)
+                written += 1
+                if len(shown) < self.print_rows:
+                    shown.append(line)
+        os.replace(tmp, self.path)
+        for p in parts:
+            os.remove(p)
+        skipped = len(files) - written
         if self.print_rows:
-            _print_table(header, table[: self.print_rows], title=f"{len(table)} predictions -> {self.path}"
+            _print_table(header, shown, title=f"{written} predictions -> {self.path}"
                          + (f" ({skipped} unreadable files skipped)" if skipped > 0 else ""))
         else:
-            rank_zero_info(f"wrote {len(table)} predictions to {self.path}")
+            rank_zero_info(f"wrote {written} predictions to {self.path}")
 
 
 def class_names(pl_module: L.LightningModule, datamodule: Any) -> list[str]:
@@ -227,3 +255,44 @@ def _print_table(header: list[str], rows: list[list[Any]], title: str) -> None:
 
 __all__ = ["RunPlots", "PredictionWriter", "class_names", "read_epoch_metrics", "plot_learning_curves",
            "plot_confusion_matrix"]
+
+
+# ---------------------------------------------------------------------------------------------- throughput
+class TrainThroughput(Callback):
+    """Images/s, FLOP/s and MFU of training, logged with the other metrics (``train/device/samples_per_sec``,
+    ``train/device/flops_per_sec``, ``train/device/mfu`` where Lightning knows the device's peak).
+
+    Lightning's ``Throughput`` does the arithmetic; unlike its ``ThroughputMonitor`` callback this one waits for
+    the device only on the steps that log (the monitor synchronises CUDA after every batch), measuring between two
+    logging steps. FLOPs are the module's analytic ``train_flops_per_sample`` (attention included, 3 x forward).
+    """
+
+    def __init__(self) -> None:
+        self._throughput: Any = None
+        self._samples = self._batches = self._counted = 0
+        self._t0 = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.fabric.utilities.throughput import Throughput, _plugin_to_compute_dtype, get_available_flops
+
+        peak = get_available_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=2)
+        self._samples = self._batches = self._counted = 0
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._samples += len(batch[0])
+        self._batches += 1
+        if not trainer._logger_connector.should_update_logs or not trainer.loggers:
+            return
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # only here: the time must include the queued work
+        per_sample = getattr(pl_module, "train_flops_per_sample", None)
+        flops = None if per_sample is None else per_sample * (self._samples - self._counted)  # since the last update
+        self._counted = self._samples
+        self._throughput.update(time=time.perf_counter() - self._t0, batches=self._batches, samples=self._samples,
+                                flops=flops)
+        metrics = {f"train/{k}": v for k, v in self._throughput.compute().items() if k.startswith("device")}
+        if metrics:
+            trainer._logger_connector.log_metrics(metrics, step=trainer.global_step)

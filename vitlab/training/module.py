@@ -26,6 +26,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
+from vitlab.models.flops import forward_macs
 from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import PRESETS, get_config
 from vitlab.models.vit import VisionTransformer
@@ -249,12 +250,22 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
+        # an example batch: Lightning's model summary measures FLOPs and in/out sizes with it (not when compiling:
+        # a batch of one would compile a graph the training batches then recompile)
+        if not compile:
+            self.example_input_array = torch.zeros(1, self.cfg.in_chans, *self.cfg.img_hw)
         self.skipped_steps = 0  # non-finite losses skipped (nonfinite="skip"), kept in checkpoints
         self._skips_in_a_row = 0
         self.lr: float | None = None  # the scaled peak learning rate, set in configure_optimizers
         self.global_batch_size: int | None = None
 
     # ---------------------------------------------------------------- forward
+    @property
+    def train_flops_per_sample(self) -> float:
+        """Training FLOPs per image, analytic (``vitlab.models.flops``: attention counted, 3 x the forward): the
+        throughput callback's FLOP/s and MFU."""
+        return 6.0 * forward_macs(self.cfg)
+
     @property
     def eval_model(self) -> nn.Module:
         """The weights used for validation, test and prediction: the EMA when on."""
