@@ -71,3 +71,30 @@ def test_two_ddp_processes_write_predictions_in_file_order(tmp_path, fashion_mni
         single = list(csv.DictReader(f))
     assert [(r["file"], r["class1"]) for r in single] == [(r["file"], r["class1"]) for r in rows]
     assert [float(r["prob1"]) for r in single] == pytest.approx([float(r["prob1"]) for r in rows], abs=2e-4)
+
+
+def test_checkpoints_to_a_remote_url_and_resume_from_it(tmp_path, fashion_mnist_available):
+    """Checkpoints to an fsspec URL (memory://, as s3:// would) go through Lightning's checkpoint IO, still
+    refused when not finite; a fit resumes from the URL. Local ones stay atomic (tests/reliability)."""
+    import fsspec
+    import torch
+
+    from vitlab.training.checkpointing import AtomicCheckpointIO, NonFiniteCheckpointError
+
+    fs = fsspec.filesystem("memory")
+    runs = tmp_path / "runs"
+    common = [*fashion_mnist_data(batch_size=16, train=64, evaluate=32), *TINY_MODEL, *CPU_TRAINER,
+              "--model.patch_size", "7", "--runs_dir", str(runs), "--run_name", "remote",
+              "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", "memory://vitlab-test/ckpts"]
+    assert cli.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    files = fs.ls("/vitlab-test/ckpts", detail=False)
+    assert any(f.endswith("last.ckpt") for f in files) and any("val_acc1" in f for f in files), files
+    assert cli.main(["fit", *common, "--trainer.max_epochs", "2",
+                     "--ckpt_path", "memory://vitlab-test/ckpts/last.ckpt"]) == 0
+    with fs.open("/vitlab-test/ckpts/last.ckpt", "rb") as f:
+        assert torch.load(f, weights_only=True, map_location="cpu")["epoch"] == 1  # the resumed second epoch
+    with pytest.raises(NonFiniteCheckpointError, match="refusing to write memory://"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}},
+                                             "memory://vitlab-test/bad.ckpt")
+    assert not fs.exists("/vitlab-test/bad.ckpt")
+    fs.rm("/vitlab-test", recursive=True)

@@ -1,8 +1,9 @@
 """Checkpoints a kill cannot break, and resumes that continue exactly where the run stopped.
 
-* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the same folder, fsyncs it and renames it
-  over the target: a reader sees the old file or the new one, never half of one. It refuses to write weights
-  that are not finite, so a diverged run cannot replace a good checkpoint.
+* :class:`AtomicCheckpointIO` (Lightning's ``TorchCheckpointIO``) writes a local checkpoint to a temporary file in
+  the same folder, fsyncs it and renames it over the target: a reader sees the old file or the new one, never half
+  of one. Remote URLs (``s3://``, ``memory://``, any fsspec file system) go through Lightning's own writer. It
+  refuses to write weights that are not finite, so a diverged run cannot replace a good checkpoint.
 * :class:`LastCheckpoint` keeps ``last.ckpt`` fresh: every N training steps (or minutes) and after every
   validation, so a kill mid-epoch loses at most N steps.
 * :class:`ResumeState` saves the global torch/CUDA/numpy/``random`` states (dropout, drop path, mixup draw from
@@ -45,15 +46,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = Path(path)
         bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
         if bad:
             raise NonFiniteCheckpointError(
                 f"refusing to write {path}: non-finite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''} at "
                 f"step {checkpoint.get('global_step', '?')}, epoch {checkpoint.get('epoch', '?')} (training diverged; "
                 f"the checkpoints already written are untouched)")
+        if _is_remote(path):  # Lightning's fsspec writer: an object store's upload is all or nothing
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes storage_options only for remote paths (s3://, ...)")
+        path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
@@ -69,7 +73,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _fsync_dir(path.parent)
 
     def remove_checkpoint(self, path: Any) -> None:
-        Path(path).unlink(missing_ok=True)
+        if _is_remote(path):
+            super().remove_checkpoint(path)
+        else:
+            Path(str(path).removeprefix("file://")).unlink(missing_ok=True)
+
+
+def _is_remote(path: Any) -> bool:
+    """A URL fsspec resolves to a non-local file system (``s3://``, ``gs://``, ``memory://``, ...)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
 
 
 def _fsync_dir(folder: Path) -> None:
