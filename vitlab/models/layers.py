@@ -132,7 +132,7 @@ def set_fused_attention(model: nn.Module, fused: bool) -> None:
 def explicit_attention_pays(device: torch.device, compiled: bool) -> bool:
     """Whether the explicit path is the faster one: under ``torch.compile`` on a CPU, where inductor fuses the
     scale, softmax and their backward around two small matmuls (vit_micro training: +10-12 % over compiled SDPA
-    on the 2-core CI machine; README "Performance"). Eager and on GPUs SDPA is as fast or (flash) faster."""
+    on the 2-core CI machine; docs/performance.md). Eager and on GPUs SDPA is as fast or (flash) faster."""
     return compiled and torch.device(device).type == "cpu"
 
 

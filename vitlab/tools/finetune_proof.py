@@ -1,7 +1,7 @@
 """Does pretraining help? Pretrain on Fashion-MNIST, fine-tune on scikit-learn's digits at another resolution,
 and compare with the same model trained from scratch under the same budget, over several seeds.
 
-    vitlab finetune-proof --out reports/finetune        # the README figures (about 6 minutes on 2 CPU cores)
+    vitlab finetune-proof --out reports/finetune        # the figures of docs/finetune.md (28.6 min on a shared 2-core CPU)
 
 Pretraining: ``vit_micro_patch4_28`` (28 px, 7x7 tokens) on Fashion-MNIST. Fine-tuning: the same architecture
 at 32 px (8x8 tokens: positions resampled, head re-initialised for the digits) on 1,294 real 8x8 digit scans.
