@@ -248,7 +248,7 @@ def test_ddp_two_cpu_processes_log_metrics_over_both(tmp_path, fashion_mnist_ava
 
 
 def test_bf16_on_a_cpu_without_bf16_units_warns_and_trains_in_fp32(tmp_path, fashion_mnist_available, monkeypatch):
-    from vitlab.tools import machine
+    from vitlab import runtime as machine
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
     runs = tmp_path / "runs"
     args = ["fit", *fashion_mnist_data(batch_size=8, train=16, evaluate=8), *TINY_MODEL, *CPU_TRAINER,
@@ -261,7 +261,7 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_and_trains_in_fp32(tmp_path, fas
 
 
 def test_trainer_precision_keeps_what_the_machine_runs_well(monkeypatch):
-    from vitlab.tools import machine
+    from vitlab import runtime as machine
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: False)
     precision, note = machine.trainer_precision("bf16-true", "cpu")

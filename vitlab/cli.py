@@ -31,7 +31,7 @@ from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIF
 from vitlab.data.base import ImageDataModule
 from vitlab.models.data_config import data_config_of, follow_weights
 from vitlab.training.callbacks import PredictionWriter, RunPlots, TrainThroughput
-from vitlab.tools.machine import keep_freed_memory, trainer_precision
+from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 

@@ -4,7 +4,8 @@ import warnings
 
 import pytest
 
-from vitlab.tools import bench, machine
+from vitlab import runtime as machine
+from vitlab.tools import bench
 
 TINY = ["--set", "img_size=16", "--set", "patch_size=4", "--set", "in_chans=1", "--set", "num_classes=4",
         "--set", "embed_dim=32", "--set", "depth=1", "--set", "num_heads=2"]
@@ -74,7 +75,7 @@ def test_bench_on_cuda_bf16_compile():
 
 def test_bf16_on_cpu_follows_a_measurement(monkeypatch):
     """bf16 on a CPU is used only where bf16 matmuls are measured at least as fast as fp32; else a warning."""
-    from vitlab.tools import machine
+    from vitlab import runtime as machine
     assert isinstance(machine.cpu_bf16_is_fast(), bool)
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(machine, "cpu_bf16_is_fast", lambda: False)

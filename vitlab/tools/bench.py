@@ -41,7 +41,7 @@ from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import get_config
 from vitlab.models.timm_export import timm_model_args
 from vitlab.models.vit import VisionTransformer
-from vitlab.tools import machine
+from vitlab import runtime as machine
 from vitlab.tools.onnx_export import parse_overrides
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
-"""What the machine can do: device names, bf16 support, default precision and loader workers, matmul peaks.
+"""Runtime settings of the process and what the machine can do: the allocator setting that pays on CPUs
+(``keep_freed_memory``, applied once when ``vitlab`` starts), precision checks (``trainer_precision``: no
+emulated bf16), device names, bf16 support, default loader workers, matmul peaks.
 
-Small and import-light (torch only), so training code and data modules can use it as well as ``vitlab bench``.
+Stands alone (torch only): the CLI, training and ``vitlab bench`` use it; it uses nothing of vitlab.
 """
 from __future__ import annotations
 

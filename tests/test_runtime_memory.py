@@ -9,7 +9,7 @@ import pytest
 CHILD = """
 import resource, torch
 from vitlab import create_model
-from vitlab.tools.machine import keep_freed_memory
+from vitlab.runtime import keep_freed_memory
 print(keep_freed_memory())
 torch.manual_seed(0)
 model = create_model("cct_micro_28", depth=1)  # conv tokenizer at 28 px: 25 MB activations at batch 128
