@@ -29,6 +29,16 @@ def fashion_mnist_data(batch_size: int = 32, train: int = 256, evaluate: int = 1
             "--data.train_subset", str(train), "--data.eval_subset", str(evaluate)]
 
 
+def latest_run_folder(run: "os.PathLike") -> "Path":
+    """The folder of the newest command of a run (``runs/<name>``): a fit's version_N, or the validate/test/predict
+    folder inside the version it evaluated (whichever wrote its config.yaml last)."""
+    from pathlib import Path
+    run = Path(run)
+    configs = list(run.glob("version_*/config.yaml")) + list(run.glob("version_*/*/config.yaml"))
+    assert configs, f"no run folder in {run}"
+    return max(configs, key=lambda p: p.stat().st_mtime_ns).parent
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_available() -> None:
     if not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU_TRAINER, FASHION_MNIST_DIR, TINY_MODEL, fashion_mnist_data
+from conftest import CPU_TRAINER, FASHION_MNIST_DIR, TINY_MODEL, fashion_mnist_data, latest_run_folder
 from PIL import Image
 
 from vitlab import cli
@@ -17,10 +17,7 @@ from vitlab.training.callbacks import read_epoch_metrics
 
 
 def run_folder(runs: Path, name: str) -> Path:
-    """The newest version_N of a run."""
-    versions = sorted((runs / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    assert versions, f"no run folder in {runs / name}"
-    return versions[-1]
+    return latest_run_folder(runs / name)
 
 
 def last_value(folder: Path, key: str) -> float:
@@ -76,11 +73,12 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     last = fit_dir / "checkpoints" / "last.ckpt"
     assert cli.main(["validate", "-c", str(config), "--ckpt_path", str(last)]) == 0
     val_dir = run_folder(runs, "fm")
-    assert val_dir != fit_dir
+    assert val_dir == fit_dir / "validate"  # next to the run it evaluates
     assert last_value(val_dir, "val/acc1") == pytest.approx(val_acc, abs=1e-6)
 
     assert cli.main(["test", "-c", str(config), "--ckpt_path", "best"]) == 0  # the newest run's best checkpoint
     test_dir = run_folder(runs, "fm")
+    assert test_dir == fit_dir / "test"
     metrics = read_epoch_metrics(str(test_dir / "metrics.csv"))
     assert 0.0 <= last_value(test_dir, "test/acc1") <= last_value(test_dir, "test/acc5") <= 1.0
     assert "test/loss" in metrics
@@ -88,6 +86,7 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     # would otherwise restore tta="none" from the checkpoint)
     assert cli.main(["test", "-c", str(config), "--ckpt_path", "best", "--model.tta", "flip"]) == 0
     flip_dir = run_folder(runs, "fm")
+    assert flip_dir == fit_dir / "test_1"  # a second test of the run: a new folder, the first one kept
     assert "tta: flip" in (flip_dir / "config.yaml").read_text()
     assert last_value(flip_dir, "test/loss") != pytest.approx(last_value(test_dir, "test/loss"), abs=1e-6)
 
@@ -99,7 +98,8 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     assert cli.main(["predict", "-c", str(config), "--ckpt_path", str(best),
                      "--data.predict_dir", str(tmp_path / "pred")]) == 0
     out = capsys.readouterr().out
-    rows = read_predictions(run_folder(runs, "fm") / "predictions.csv")
+    assert run_folder(runs, "fm") == fit_dir / "predict"
+    rows = read_predictions(fit_dir / "predict" / "predictions.csv")
     assert [os.path.basename(r["file"]) for r in rows] == [f"img{i}.png" for i in range(5)]
     from vitlab.data.stats import FASHION_MNIST_CLASSES
     for row in rows:
@@ -138,7 +138,7 @@ def test_image_folder_cycle(tmp_path, image_folder_root):
     data = ["--data", "ImageFolderDataModule", "--data.data_dir", str(image_folder_root), "--data.img_size", "32",
             "--data.batch_size", "8", "--data.num_workers", "0"]
     common = [*data, *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs), "--run_name", "tree"]
-    assert cli.main(["fit", *common, "--model.tokenizer", "cct", "--model.pool", "seq", "--model.cct_layers", "2",
+    assert cli.main(["fit", *common, "--model.tokenizer", "cct", "--model.pool", "seq", "--model.tokenizer_options", "{layers: 2}",
                      "--trainer.max_epochs", "1"]) == 0
     fit_dir = run_folder(runs, "tree")
     best = check_fit_run(fit_dir, num_epochs=1)

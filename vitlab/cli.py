@@ -7,7 +7,9 @@ from :data:`TOOLS`.
 
 A run writes everything into one folder, ``<runs_dir>/<run_name>/version_N/``: TensorBoard events,
 ``metrics.csv``, ``config.yaml`` (the resolved config), ``checkpoints/`` (best ``val/acc1`` and ``last.ckpt``),
-``learning_curves.png``, ``confusion_matrix.png`` and, for predict, ``predictions.csv``.
+``learning_curves.png``, ``confusion_matrix.png``. ``validate``/``test``/``predict`` of a run's checkpoint write
+next to it, into ``version_N/<subcommand>/`` (``_1``, ``_2``, ... when run again): logs, config.yaml and, for
+predict, ``predictions.csv``.
 """
 from __future__ import annotations
 
@@ -194,9 +196,12 @@ class VitlabCLI(LightningCLI):
             self._parser(self.subcommand).error(f"last_every_n_steps must be an integer >= 1, got {steps!r}")
         if minutes is not None and not minutes > 0:
             self._parser(self.subcommand).error(f"last_every_minutes must be a number > 0, got {minutes!r}")
-        version = None
+        save_dir, log_name, version = config.runs_dir, name, None
         if self.subcommand == "fit" and config.get("ckpt_path"):  # resume into the checkpoint's run folder
             version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
+        elif config.get("ckpt_path") and (run := evaluated_run(config.ckpt_path)) is not None:
+            # validate/test/predict a run's checkpoint: results go next to it, run/<subcommand>[_k]/
+            save_dir, log_name, version = str(run), "", next_free(run, self.subcommand)
         precision, note = trainer_precision(config.trainer.precision, config.trainer.accelerator)
         if note:  # bf16 on a CPU that would emulate it
             rank_zero_warn(note)
@@ -206,12 +211,13 @@ class VitlabCLI(LightningCLI):
             config.return_predictions = False  # PredictionWriter writes each batch; keep none of them in memory
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
-        if config.trainer.logger in (None, True):  # default: TensorBoard + CSV, both in one run folder
+        if config.trainer.logger in (None, True) or _is_default_logging(config.trainer.logger, config.runs_dir, name):
+            # default: TensorBoard + CSV, both in one run folder (also when a run's saved config.yaml repeats them)
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": config.runs_dir, "name": name, "version": version}},
+                 "init_args": {"save_dir": save_dir, "name": log_name, "version": version}},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                 "init_args": {"save_dir": config.runs_dir, "name": name}},
+                 "init_args": {"save_dir": save_dir, "name": log_name}},
             ]
 
     def _follow_weights_data_config(self, config: Any) -> None:
@@ -309,6 +315,40 @@ def _run_version(ckpt_path: str, run_root: Path) -> Optional[int]:
     if folder.parent == run_root.resolve() and re.fullmatch(r"version_\d+", folder.name):
         return int(folder.name.split("_")[1])
     return None
+
+
+def _is_default_logging(logger: Any, runs_dir: str, name: str) -> bool:
+    """Whether ``trainer.logger`` is the TensorBoard + CSV pair vitlab sets up (as a run's config.yaml records it)."""
+    if not isinstance(logger, list) or len(logger) != 2:
+        return False
+    kinds = {"lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger"}
+    for entry in logger:
+        get = entry.get if isinstance(entry, dict) else lambda k, d=None: getattr(entry, k, d)
+        args = get("init_args") or {}
+        args_get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+        if get("class_path") not in kinds or str(args_get("save_dir")) != str(runs_dir) or args_get("name") != name:
+            return False
+    return True
+
+
+def evaluated_run(ckpt_path: str) -> Optional[Path]:
+    """The run folder ``.../version_N`` of a checkpoint in its ``checkpoints/`` (a run's config.yaml beside it),
+    else None (a checkpoint from elsewhere: the evaluation gets a run folder of its own)."""
+    if "://" in str(ckpt_path):
+        return None
+    folder = Path(ckpt_path).resolve().parent.parent
+    if Path(ckpt_path).resolve().parent.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.name) \
+            and (folder / "config.yaml").is_file():
+        return folder
+    return None
+
+
+def next_free(run: Path, stage: str) -> str:
+    """``stage``, else ``stage_1``, ``stage_2``, ...: the first name not yet used in ``run`` (nothing is replaced)."""
+    k = 0
+    while (run / (stage if k == 0 else f"{stage}_{k}")).exists():
+        k += 1
+    return stage if k == 0 else f"{stage}_{k}"
 
 
 def find_checkpoint(runs_dir: str, name: str, which: str) -> str:

@@ -21,7 +21,7 @@ VARIANTS = {
     "patch_cls": dict(),
     "patch_avg_sincos_registers": dict(pool="avg", pos_embed="sincos", num_registers=2, layer_scale_init=0.1),
     "conv": dict(tokenizer="conv"),
-    "cct_seq": dict(tokenizer="cct", pool="seq", cct_layers=2),
+    "cct_seq": dict(tokenizer="cct", pool="seq", tokenizer_options={"layers": 2}),
 }
 DATA = {"mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1], "interpolation": "bilinear", "crop_pct": 0.9}
 CLASSES = [f"class_{i}" for i in range(10)]
@@ -208,7 +208,7 @@ def tested_run(tmp_path_factory, fashion_mnist_available):
     ckpt = runs / "fm" / "version_0" / "checkpoints" / "last.ckpt"
     assert cli.main(["test", "-c", str(runs / "fm" / "version_0" / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
     from vitlab.training.callbacks import read_epoch_metrics
-    metrics = read_epoch_metrics(str(runs / "fm" / "version_1" / "metrics.csv"))
+    metrics = read_epoch_metrics(str(runs / "fm" / "version_0" / "test" / "metrics.csv"))  # next to the run
     return ckpt, {k: v[max(v)] for k, v in metrics.items() if k.startswith("test/")}
 
 

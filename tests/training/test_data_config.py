@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import latest_run_folder
 from data_files import write_fashion_mnist
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -60,7 +61,7 @@ def run(args: list[str]) -> str:
 
 
 def newest(runs: Path, name: str) -> Path:
-    return sorted((runs / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    return latest_run_folder(runs / name)
 
 
 def data_init_args(folder: Path) -> dict:

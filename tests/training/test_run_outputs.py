@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CPU_TRAINER, FASHION_MNIST_DIR, TINY_MODEL, fashion_mnist_data
+from conftest import CPU_TRAINER, FASHION_MNIST_DIR, TINY_MODEL, fashion_mnist_data, latest_run_folder
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from PIL import Image
 
@@ -17,7 +17,7 @@ from vitlab.training import ImageClassifier
 
 
 def newest(folder):
-    return max(folder.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    return latest_run_folder(folder)
 
 
 def test_throughput_logged_during_training(tmp_path, fashion_mnist_available):

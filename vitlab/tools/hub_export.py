@@ -33,19 +33,26 @@ def _preset_data_config(preset: Optional[str]) -> Optional[dict[str, Any]]:
 
 
 def _test_runs(ckpt: Path) -> list[Path]:
-    """Run folders that hold results of ``ckpt``: the versions of the same run whose config.yaml names it as
-    ``ckpt_path`` (``vitlab test`` logs into a new version), newest first, then the fit's own folder."""
+    """Folders that hold results of ``ckpt``, newest first: the run's ``test``, ``test_1``, ... (where ``vitlab
+    test`` writes), the versions of the same run whose config.yaml names it as ``ckpt_path`` (runs made before
+    evaluations went into the run folder), then the fit's own folder."""
     run = ckpt.parent.parent
-    found = []
+    found = sorted(run.glob("test*/metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = [p.parent for p in found if _names(p.parent, ckpt)]
     versions = [p for p in run.parent.glob("version_*") if p.name[len("version_"):].isdigit()]
     for folder in sorted(versions, key=lambda p: -int(p.name[len("version_"):])):
-        try:
-            given = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("ckpt_path")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if given and Path(given).resolve() == ckpt.resolve() and folder != run:
+        if folder != run and _names(folder, ckpt):
             found.append(folder)
     return found + [run]
+
+
+def _names(folder: Path, ckpt: Path) -> bool:
+    """Whether ``folder``'s config.yaml ran on ``ckpt`` (its ``ckpt_path``)."""
+    try:
+        given = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("ckpt_path")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return bool(given) and Path(given).resolve() == ckpt.resolve()
 
 
 def find_test_metrics(ckpt: Path) -> tuple[dict[str, float], Optional[Path]]:
