@@ -138,7 +138,8 @@ def test_image_folder_cycle(tmp_path, image_folder_root):
     data = ["--data", "ImageFolderDataModule", "--data.data_dir", str(image_folder_root), "--data.img_size", "32",
             "--data.batch_size", "8", "--data.num_workers", "0"]
     common = [*data, *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs), "--run_name", "tree"]
-    assert cli.main(["fit", *common, "--model.tokenizer", "cct", "--model.pool", "seq", "--model.tokenizer_options", "{layers: 2}",
+    assert cli.main(["fit", *common, "--model.tokenizer", "cct", "--model.pool", "seq",
+                     "--model.tokenizer_options", "{layers: 2}",
                      "--trainer.max_epochs", "1"]) == 0
     fit_dir = run_folder(runs, "tree")
     best = check_fit_run(fit_dir, num_epochs=1)
@@ -172,11 +173,12 @@ def test_unknown_key_in_config_file(tmp_path, capsys):
     assert "wieght_decay" in err
 
 
-@pytest.mark.parametrize("key, value", [("model.tokenizer", "bogus"), ("model.preset", "vit_huge"),
-                                        ("model.pool", "max")])
-def test_bad_choice_names_the_value(capsys, key, value):
+@pytest.mark.parametrize("key, value, named", [
+    ("model.tokenizer", "bogus", "unknown tokenizer 'bogus'; choose one of ['patch', 'conv', 'cct'"),  # registered
+    ("model.preset", "vit_huge", "model.preset"), ("model.pool", "max", "model.pool")])
+def test_bad_choice_names_the_value(capsys, key, value, named):
     err = one_line_error(capsys, ["fit", "--data", "FashionMNISTDataModule", f"--{key}", value])
-    assert value in err and key in err
+    assert value in err and named in err
 
 
 def test_print_config_shows_linked_and_defaults(capsys):

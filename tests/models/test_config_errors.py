@@ -20,6 +20,15 @@ import vitlab
     (dict(mlp_ratio=0), "mlp_ratio must be a finite number > 0, got 0"),
     (dict(mlp_ratio=float("nan")), "mlp_ratio must be a finite number > 0, got nan"),
     (dict(bogus_key=1), "unknown config key(s) ['bogus_key']"),
+    (dict(tokenizer="cct", tokenizer_options={"kernel": 4}), "tokenizer_options.kernel must be an odd integer > 0"),
+    (dict(tokenizer="cct", tokenizer_options={"layers": 9}, img_size=64), "too small for tokenizer_options.layers=9"),
+    (dict(tokenizer="cct", tokenizer_options={"channels": [8]}),
+     "unknown tokenizer_options ['channels'] for tokenizer 'cct'; its options: ['layers', 'kernel', 'mid_channels']"),
+    (dict(tokenizer="conv", patch_size=8, img_size=32, tokenizer_options={"channels": [8, 16]}),
+     "tokenizer_options.channels=[8, 16] must be >= 3 widths for patch_size=8"),
+    (dict(tokenizer_options={"layers": 2}), "unknown tokenizer_options ['layers'] for tokenizer 'patch'"),
+    (dict(tokenizer_options="layers=2"), "tokenizer_options must be a mapping"),
+    (dict(cct_kernel=5), "cct_kernel was renamed: use tokenizer_options={'kernel': 5}"),
 ])
 def test_bad_config_names_value(overrides, message):
     with pytest.raises(ValueError) as err:

@@ -132,3 +132,37 @@ def test_export_loads_in_timm_with_same_logits(tmp_path, pool, pos_embed, regist
 def test_export_refuses_conv_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="tokenizer='cct' has no timm VisionTransformer equivalent"):
         save_timm_folder(vitlab.create_model(tokenizer="cct", **SMALL), tmp_path)
+
+
+def test_older_checkpoints_and_folders_with_flat_tokenizer_fields(tmp_path):
+    """Written before tokenizers had their own options: stem_channels / cct_layers / cct_kernel as flat fields."""
+    from vitlab.models.pretrained import upgrade_config_fields
+    from vitlab.tools.attention import load_checkpoint
+    from vitlab.tools.onnx_export import load_checkpoint_model
+
+    torch.manual_seed(0)
+    model = vitlab.create_model("cct_micro_28", depth=1, tokenizer_options={"layers": 3, "kernel": 5}).eval()
+    # an ImageClassifier .ckpt of then: every argument saved, None where the preset's value was kept
+    hparams = {"preset": "cct_micro_28", "depth": 1, "tokenizer": None, "stem_channels": None, "cct_layers": 3,
+               "cct_kernel": 5, "base_lr": 5e-4}
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": hparams, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               ckpt)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for loaded in (vitlab.create_model(pretrained=str(ckpt)), load_checkpoint(ckpt)[0],
+                       load_checkpoint_model(ckpt)):
+            assert loaded.cfg.tokenizer_options == {"layers": 3, "kernel": 5, "mid_channels": 64}
+            assert torch.equal(loaded.eval()(x), model(x))
+    # a hub folder's vitlab_config of then: all three fields for every tokenizer; those of another one are dropped
+    old = {k: v for k, v in model.cfg.to_dict().items() if k != "tokenizer_options"}
+    assert upgrade_config_fields({**old, "stem_channels": None, "cct_layers": 3, "cct_kernel": 5}) == \
+        {**old, "tokenizer_options": {"layers": 3, "kernel": 5}}
+    assert upgrade_config_fields({"tokenizer": "patch", "stem_channels": None, "cct_layers": 1, "cct_kernel": 3}) == \
+        {"tokenizer": "patch"}
+    # today's names for them: a one-line error naming the new key
+    with pytest.raises(ValueError, match=r"^cct_layers was renamed: use tokenizer_options=\{'layers': 3\} "
+                                         r"\(YAML: model.tokenizer_options: \{layers: 3\}\)$"):
+        vitlab.create_model("cct_micro_28", cct_layers=3)
+    with pytest.raises(ValueError, match=r"stem_channels was renamed: .*\{channels: \[8, 16\]\}"):
+        timm.create_model("vitlab_vit_micro_conv4_28", stem_channels=(8, 16))

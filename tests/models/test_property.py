@@ -24,13 +24,16 @@ configs = st.fixed_dictionaries({  # mostly valid values, with a bad one in each
     "drop_path_rate": st.sampled_from([0.0, 0.2, 0.0, 1.0]),
     "layer_scale_init": st.sampled_from([None, 1e-5, None, -1.0]),
     "qk_norm": st.booleans(),
-    "cct_layers": st.sampled_from([1, 2, 1, 2, 0]),
+    "cct_layers": st.sampled_from([1, 2, 1, 2, 0]),  # tokenizer_options={"layers": ...} for cct
 })
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs)
 def test_any_config_builds_and_runs_or_names_the_bad_value(cfg):
     OUTCOMES.append("rejected")
+    layers = cfg.pop("cct_layers")
+    if cfg["tokenizer"] == "cct":
+        cfg["tokenizer_options"] = {"layers": layers}
     try:
         model = vitlab.create_model(**cfg)
     except ValueError as err:

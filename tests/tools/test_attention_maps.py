@@ -109,10 +109,10 @@ TOKENIZERS = [  # (name, overrides, img_size, expected (stride, receptive field,
     ("patch7", dict(tokenizer="patch", patch_size=7), 28, (7, 7, 0)),
     ("conv4", dict(tokenizer="conv", patch_size=4), 28, (4, 7, -3)),
     # 3 stride-2 layers and one stride-1 layer: rf 1 + 2 + 4 + 8 + 8 * 2 = 31
-    ("conv8", dict(tokenizer="conv", patch_size=8, stem_channels=(4, 4, 4, 4)), 32, (8, 31, -15)),
-    ("cct1", dict(tokenizer="cct", cct_layers=1, pool="seq"), 32, (2, 5, -2)),
-    ("cct2", dict(tokenizer="cct", cct_layers=2, pool="seq"), 28, (4, 13, -6)),
-    ("cct1k7", dict(tokenizer="cct", cct_layers=1, cct_kernel=7, pool="seq"), 20, (2, 9, -4)),
+    ("conv8", dict(tokenizer="conv", patch_size=8, tokenizer_options={"channels": (4, 4, 4, 4)}), 32, (8, 31, -15)),
+    ("cct1", dict(tokenizer="cct", tokenizer_options={"layers": 1}, pool="seq"), 32, (2, 5, -2)),
+    ("cct2", dict(tokenizer="cct", tokenizer_options={"layers": 2}, pool="seq"), 28, (4, 13, -6)),
+    ("cct1k7", dict(tokenizer="cct", tokenizer_options={"layers": 1, "kernel": 7}, pool="seq"), 20, (2, 9, -4)),
 ]
 
 

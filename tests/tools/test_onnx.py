@@ -13,7 +13,7 @@ TINY = dict(img_size=16, in_chans=3, num_classes=5, embed_dim=32, depth=1, num_h
 CASES = {  # one per tokenizer, covering the three poolings and learned / sin-cos positions with prefix tokens
     "patch": dict(tokenizer="patch", patch_size=4, pool="cls", num_registers=1),
     "conv": dict(tokenizer="conv", patch_size=4, pool="avg", pos_embed="sincos"),
-    "cct": dict(tokenizer="cct", cct_layers=2, pool="seq"),
+    "cct": dict(tokenizer="cct", tokenizer_options={"layers": 2}, pool="seq"),
 }
 
 

@@ -1,28 +1,34 @@
 """The one config vocabulary of vitlab, used from Python, YAML and the CLI alike.
 
 Every field is validated in ``ViTConfig.validate()``; a bad value raises ``ValueError`` whose message names the
-field and the value, so a user never meets a shape-mismatch traceback from inside torch.
+field and the value, so a user never meets a shape-mismatch traceback from inside torch. The tokenizer's own
+options (``tokenizer_options``) are declared and checked by the tokenizer (``vitlab/models/tokenizers/``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Optional, Union
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping, Optional, Union
 
-Tokenizer = Literal["patch", "conv", "cct"]
+from .tokenizers import get_tokenizer, list_tokenizers
+
 Pool = Literal["cls", "avg", "seq"]
 PosEmbed = Literal["learned", "sincos", "none"]
 
-TOKENIZERS = ("patch", "conv", "cct")
 POOLS = ("cls", "avg", "seq")
 POS_EMBEDS = ("learned", "sincos", "none")
+
+# The flat fields configs had before tokenizers declared their own options -> (tokenizer, option): from_dict names
+# the new key; older checkpoints and hub folders are read through vitlab.models.pretrained.upgrade_config_fields.
+RENAMED_FIELDS = {"stem_channels": ("conv", "channels"), "cct_layers": ("cct", "layers"),
+                  "cct_kernel": ("cct", "kernel")}
 
 
 @dataclass
 class ViTConfig:
     """Architecture of a vitlab Vision Transformer."""
 
-    tokenizer: Tokenizer = "patch"
+    tokenizer: str = "patch"  # a registered tokenizer: "patch", "conv", "cct" or a plug-in
     img_size: Union[int, tuple[int, int]] = 224  # a side, or (H, W)
     patch_size: int = 16  # patch: patch side; conv: total stride of the stem (a power of 2)
     in_chans: int = 3
@@ -43,19 +49,17 @@ class ViTConfig:
     class_token: Optional[bool] = None  # None = only when pool == "cls"
     pos_embed_prefix: bool = True  # learned positions cover the prefix (class/register) tokens, as timm's default
     fc_norm: Optional[bool] = None  # final norm after pooling (timm's fc_norm) instead of before; None = pool == "avg"
-    # tokenizer details
-    stem_channels: Optional[tuple[int, ...]] = None  # conv: widths of the 3x3 layers; None = derived from patch_size
-    cct_layers: int = 1  # cct: number of conv + ReLU + max-pool layers
-    cct_kernel: int = 3
+    # the tokenizer's own options, e.g. {"layers": 2} for cct (its Options dataclass: defaults filled in)
+    tokenizer_options: dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.stem_channels, list):
-            self.stem_channels = tuple(self.stem_channels)
         if isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2:
             h, w = self.img_size
             self.img_size = h if h == w and _is_int(h) else (h, w)  # a square stays an int
         self.validate()
+        # every option stated, defaults included: the config says in full what is built
+        self.tokenizer_options = asdict(get_tokenizer(self.tokenizer).parse_options(self.tokenizer_options))
 
     @property
     def use_class_token(self) -> bool:
@@ -76,7 +80,7 @@ class ViTConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        _choice("tokenizer", self.tokenizer, TOKENIZERS)
+        tokenizer = get_tokenizer(self.tokenizer)  # unknown: a ValueError listing the registered ones
         _choice("pool", self.pool, POOLS)
         _choice("pos_embed", self.pos_embed, POS_EMBEDS)
         if isinstance(self.img_size, tuple):
@@ -84,7 +88,7 @@ class ViTConfig:
                 raise ValueError(f"img_size must be an integer > 0 or (H, W), got {self.img_size!r}")
         else:
             _positive_int("img_size", self.img_size)
-        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "cct_layers", "cct_kernel"):
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             _positive_int(name, getattr(self, name))
         for name in ("num_classes", "num_registers"):
             value = getattr(self, name)
@@ -105,33 +109,14 @@ class ViTConfig:
             raise ValueError("pool='cls' needs a class token, but class_token=False")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sincos' needs embed_dim divisible by 4, got embed_dim={self.embed_dim}")
-        H, W = self.img_hw
-        if self.tokenizer in ("patch", "conv") and (H % self.patch_size or W % self.patch_size):
-            raise ValueError(
-                f"patch_size={self.patch_size} does not divide img_size={self.img_size}: "
-                f"choose an img_size that is a multiple of {self.patch_size}")
-        if self.tokenizer == "conv":
-            if self.patch_size & (self.patch_size - 1):
-                raise ValueError(f"tokenizer='conv' needs patch_size a power of 2 (the stem halves the grid "
-                                 f"per stride-2 layer), got patch_size={self.patch_size}")
-            if self.stem_channels is not None:
-                if not isinstance(self.stem_channels, tuple):
-                    raise ValueError(f"stem_channels must be a list of widths, got {self.stem_channels!r}")
-                n_stride2 = self.patch_size.bit_length() - 1
-                if len(self.stem_channels) < n_stride2 or any(not _is_int(c) or c <= 0 for c in self.stem_channels):
-                    raise ValueError(
-                        f"stem_channels={self.stem_channels} must be >= {n_stride2} positive widths for "
-                        f"patch_size={self.patch_size} (one stride-2 layer per halving)")
-        if self.tokenizer == "cct":
-            if self.cct_kernel % 2 == 0:
-                raise ValueError(f"cct_kernel must be odd, got {self.cct_kernel}")
-            if min(H, W) < 2 ** self.cct_layers:
-                raise ValueError(
-                    f"img_size={self.img_size} is too small for cct_layers={self.cct_layers} "
-                    f"(each layer halves the grid)")
+        tokenizer.validate(self, tokenizer.parse_options(self.tokenizer_options))  # its options, image size, ...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with ``changes`` applied (see :func:`merge_fields`), validated."""
+        return ViTConfig.from_dict(merge_fields(self.to_dict(), changes))
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -140,10 +125,33 @@ class ViTConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ViTConfig":
         """Build a config; an unknown key is a ``ValueError`` that names it and lists the valid ones."""
+        renamed = [k for k in RENAMED_FIELDS if k in values]
+        if renamed:
+            raise ValueError(renamed_message({k: values[k] for k in renamed}))
         unknown = sorted(set(values) - cls.field_names())
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(cls.field_names())}")
         return cls(**values)
+
+
+def merge_fields(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` config fields updated by ``changes``. ``tokenizer_options`` belong to their tokenizer: they update the
+    base's options while the tokenizer stays, and start from the new tokenizer's defaults when it changes."""
+    out = {**base, **changes}
+    old, new = base.get("tokenizer", "patch"), out.get("tokenizer", "patch")
+    given = changes.get("tokenizer_options")
+    if given is None or isinstance(given, Mapping):
+        kept = (base.get("tokenizer_options") or {}) if new == old else {}
+        out["tokenizer_options"] = {**kept, **(given or {})}
+    return out
+
+
+def renamed_message(values: Mapping[str, Any]) -> str:
+    """One line naming the new key of old flat tokenizer fields, e.g. ``cct_layers=2``."""
+    options = {RENAMED_FIELDS[k][1]: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    yaml = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in options.items())
+    return (f"{', '.join(values)} {'was' if len(values) == 1 else 'were'} renamed: use tokenizer_options={options} "
+            f"(YAML: model.tokenizer_options: {{{yaml}}})")
 
 
 def _is_number(value: Any) -> bool:
@@ -164,4 +172,4 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
 
 
-__all__ = ["ViTConfig", "TOKENIZERS", "POOLS", "POS_EMBEDS"]
+__all__ = ["ViTConfig", "POOLS", "POS_EMBEDS", "RENAMED_FIELDS", "merge_fields", "list_tokenizers"]

@@ -1,21 +1,16 @@
 """Analytic parameter and FLOP counts for any ``ViTConfig``.
 
 Attention matmuls are counted analytically (profilers often miss ``scaled_dot_product_attention``).
-Forward MACs = tokenizer convs + L * [N * D^2 * (4 + 2r) + 2 * N^2 * D] + head; FLOPs = 2 * MACs.
-Norms, softmax, GELU and biases are left out (under 1 % at these sizes).
+Forward MACs = tokenizer + L * [N * D^2 * (4 + 2r) + 2 * N^2 * D] + head; FLOPs = 2 * MACs. The tokenizer counts
+its own (``Tokenizer.macs``) and gives the grid N comes from. Norms, softmax, GELU and biases are left out (under
+1 % at these sizes).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .config import ViTConfig
-from .tokenizers import default_stem_channels
-
-
-def _conv_macs(h: int, w: int, c_in: int, c_out: int, k: int) -> int:
-    return h * w * c_in * c_out * k * k
+from .tokenizers import Tokenizer, build_tokenizer
 
 
 def _hw(cfg: ViTConfig, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -24,35 +19,20 @@ def _hw(cfg: ViTConfig, img_size: int | tuple[int, int] | None) -> tuple[int, in
     return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
 
 
+def _tokenizer(cfg: ViTConfig) -> Tokenizer:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return build_tokenizer(cfg)
+
+
 def tokenizer_macs(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Multiply-accumulates of the tokenizer for one image."""
-    h, w = _hw(cfg, img_size)
-    D, C = cfg.embed_dim, cfg.in_chans
-    if cfg.tokenizer == "patch":
-        return _conv_macs(h // cfg.patch_size, w // cfg.patch_size, C, D, cfg.patch_size)
-    if cfg.tokenizer == "conv":
-        widths = cfg.stem_channels or default_stem_channels(D, cfg.patch_size)
-        n_down, macs, c_in = int(math.log2(cfg.patch_size)), 0, C
-        for i, c_out in enumerate(widths):
-            h, w = (h // 2, w // 2) if i < n_down else (h, w)
-            macs += _conv_macs(h, w, c_in, c_out, 3)
-            c_in = c_out
-        return macs + _conv_macs(h, w, c_in, D, 1)
-    widths, macs = [C] + [64] * (cfg.cct_layers - 1) + [D], 0
-    for i in range(cfg.cct_layers):
-        macs += _conv_macs(h, w, widths[i], widths[i + 1], cfg.cct_kernel)  # conv at full size, then pool
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return macs
+    return _tokenizer(cfg).macs(*_hw(cfg, img_size))
 
 
 def num_tokens(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Image tokens N (without class/register tokens) the tokenizer makes."""
-    h, w = _hw(cfg, img_size)
-    if cfg.tokenizer == "cct":
-        for _ in range(cfg.cct_layers):
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return h * w
-    return (h // cfg.patch_size) * (w // cfg.patch_size)
+    gh, gw = _tokenizer(cfg).grid(*_hw(cfg, img_size))
+    return gh * gw
 
 
 def forward_macs(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:

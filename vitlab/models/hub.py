@@ -27,7 +27,8 @@ from .config import ViTConfig
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 DEFAULT_DATA_CONFIG = {"interpolation": "bicubic", "crop_pct": 1.0}  # mean/std default to 0.5 per channel
-# a preset per tokenizer for the architecture name when the model's own is not known (model_args set every field)
+# a preset per tokenizer for the architecture name when the model's own is not known (model_args set every field,
+# so any preset builds a plug-in tokenizer's model too)
 TOKENIZER_PRESETS = {"patch": "vit_micro_patch4_28", "conv": "vit_micro_conv4_28", "cct": "cct_micro_28"}
 TRAINING_ONLY = ("drop_rate", "attn_drop_rate", "drop_path_rate", "grad_checkpointing")
 
@@ -44,7 +45,7 @@ def hub_config(model: nn.Module, *, data_config: Optional[Mapping[str, Any]] = N
         class_names: one name per output class (timm's ``label_names``).
         preset: the vitlab preset it was built from, for the ``vitlab_<preset>`` architecture name.
     """
-    from .registry import FIRST_CONV, PRESETS
+    from .registry import PRESETS, first_conv
     from .timm_export import TIMM_ARCH, timm_model_args
 
     cfg: ViTConfig = model.cfg
@@ -61,11 +62,12 @@ def hub_config(model: nn.Module, *, data_config: Optional[Mapping[str, Any]] = N
         model_args["img_size"] = [H, W] if H != W else H
     except ValueError:  # conv/CCT tokenizer or sequence pooling: vitlab's own architecture
         model_args = {k: v for k, v in cfg.to_dict().items() if k not in TRAINING_ONLY}
-        arch, fixed = f"vitlab_{preset if preset in PRESETS else TOKENIZER_PRESETS[cfg.tokenizer]}", False
+        preset = preset if preset in PRESETS else TOKENIZER_PRESETS.get(cfg.tokenizer, TOKENIZER_PRESETS["patch"])
+        arch, fixed = f"vitlab_{preset}", False
     pretrained_cfg = {
         "input_size": [C, H, W], "fixed_input_size": fixed, "interpolation": str(data["interpolation"]),
         "crop_pct": float(data["crop_pct"]), "crop_mode": "center", "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std], "num_classes": cfg.num_classes, "first_conv": FIRST_CONV[cfg.tokenizer],
+        "std": [float(v) for v in std], "num_classes": cfg.num_classes, "first_conv": first_conv(cfg),
         "classifier": "head",
     }
     config = {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.embed_dim,

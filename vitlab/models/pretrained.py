@@ -32,8 +32,9 @@ from timm.layers import resample_patch_embed
 from timm.models import adapt_input_conv
 from torch import nn
 
-from .config import ViTConfig
+from .config import RENAMED_FIELDS, ViTConfig, merge_fields
 from .pos_embed import infer_grid, resample
+from .tokenizers import get_tokenizer, list_tokenizers
 
 STATE_DICT_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # wrappers timm/Lightning use
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
@@ -83,6 +84,26 @@ class Source:
 
 
 # ----------------------------------------------------------------------------------------------- reading
+def upgrade_config_fields(values: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+    """Config fields as written by an older vitlab, in today's names.
+
+    The one place old flat tokenizer fields are read: checkpoints' ``hyper_parameters``, hub folders'
+    ``vitlab_config`` and results written before tokenizers had their own options hold ``stem_channels``,
+    ``cct_layers`` and ``cct_kernel`` (``config.RENAMED_FIELDS``). Each becomes an option of the tokenizer it
+    belonged to, and is dropped for the others (the old config carried all three for every tokenizer).
+    """
+    old = {k: values[k] for k in RENAMED_FIELDS if k in values}
+    if not old:
+        return dict(values)
+    from .registry import PRESETS
+    out = {k: v for k, v in values.items() if k not in old}
+    tokenizer = out.get("tokenizer") or (PRESETS[preset]["tokenizer"] if preset in PRESETS else "patch")
+    options = {RENAMED_FIELDS[k][1]: v for k, v in old.items() if RENAMED_FIELDS[k][0] == tokenizer and v is not None}
+    if options:
+        out["tokenizer_options"] = {**(out.get("tokenizer_options") or {}), **options}
+    return out
+
+
 def _load(path: Path) -> Any:
     """The object in a weights file: safetensors, or a pickle only torch's safe loader accepts."""
     if path.suffix == ".safetensors":
@@ -125,8 +146,9 @@ def _read_file(path: Path, where: str, ema: bool) -> Source:
     hparams = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hparams, dict):  # a vitlab .ckpt: preset + the ViTConfig fields ImageClassifier was given
         from .registry import PRESETS, get_config
-        fields = {k: v for k, v in hparams.items() if k in ViTConfig.field_names() and v is not None}
         preset = hparams.get("preset") if hparams.get("preset") in PRESETS else None
+        fields = {k: v for k, v in upgrade_config_fields(hparams, preset).items()
+                  if k in ViTConfig.field_names() and v is not None}
         try:
             source.config = get_config(preset, **fields).to_dict()
         except ValueError:  # hyper-parameters of another kind of module: the tensors decide
@@ -205,7 +227,7 @@ def _read_folder(path: Path, where: str) -> Source:
     source = Source(where, _unwrap(_load(weights), weights))
     config = read_folder_config(path)
     if isinstance(config.get("vitlab_config"), dict):  # written by vitlab: the whole architecture
-        source.config = ViTConfig.from_dict(config["vitlab_config"]).to_dict()
+        source.config = ViTConfig.from_dict(upgrade_config_fields(config["vitlab_config"])).to_dict()
     elif isinstance(config.get("architecture"), str):  # timm's schema: the architecture and its arguments
         source.timm, source.unsupported = _timm_architecture(config["architecture"], config.get("model_args") or {})
     pretrained_cfg = config.get("pretrained_cfg") or {}
@@ -284,7 +306,10 @@ _UNSUPPORTED_KEYS = (
 
 def check_expressible(source: Source) -> None:
     """Raise ``ValueError`` naming each feature of ``source`` that vitlab's VisionTransformer cannot express."""
-    state = source.state
+    # a vitlab source states its tokenizer: its patch_embed.* tensors are that tokenizer's (a plug-in's too), checked
+    # against it when the model is built and loaded
+    vitlab_tokenizer = source.config.get("tokenizer") in list_tokenizers()
+    state = {k: v for k, v in source.state.items() if not (vitlab_tokenizer and k.startswith("patch_embed."))}
     found = list(source.unsupported)
     for pattern, what in _UNSUPPORTED_KEYS:
         keys = sorted(k for k in state if re.search(pattern, k))
@@ -325,6 +350,25 @@ def _grid_fits(n: int, expected: int | None) -> bool:
     return n > 0 and (n == expected if expected else math.isqrt(n) ** 2 == n)
 
 
+def read_tokenizer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any],
+                          where: str = "checkpoint") -> tuple[dict[str, Any], int]:
+    """The registered tokenizer whose tensors ``state``'s ``patch_embed.*`` are: ``({"tokenizer": name, ...fields
+    its tensors decide}, stride)``; each tokenizer reads its own (``Tokenizer.read_layout``)."""
+    tensors = {k[len("patch_embed."):]: v for k, v in state.items() if k.startswith("patch_embed.")}
+    names = list_tokenizers()
+    if hint.get("tokenizer") in names:  # the stated (or preset's) tokenizer first: it knows its tensors best
+        names.insert(0, names.pop(names.index(hint["tokenizer"])))
+    for name in names:
+        try:
+            layout = get_tokenizer(name).read_layout(tensors, hint)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if layout is not None:
+            return {"tokenizer": name, **layout.fields}, layout.stride
+    raise ValueError(f"{where}: its tokenizer tensors {_few(sorted(tensors))} are none of the registered tokenizers' "
+                     f"{list_tokenizers()}; register the tokenizer they belong to, or state tokenizer=...")
+
+
 def infer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
     """ViTConfig fields the tensors decide.
 
@@ -346,25 +390,8 @@ def infer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any], where: st
     out.update(embed_dim=D, depth=depth, mlp_ratio=_mlp_ratio(state["blocks.0.mlp.fc1.weight"].shape[0], D))
 
     # tokenizer and its stride (pixels per token)
-    stem = sorted((k for k in state if re.fullmatch(r"patch_embed\.stem\.\d+\.0\.weight", k)),
-                  key=lambda k: int(k.split(".")[2]))
-    cct = sorted((k for k in state if re.fullmatch(r"patch_embed\.layers\.\d+\.0\.weight", k)),
-                 key=lambda k: int(k.split(".")[2]))
-    if stem:
-        patch = hint["patch_size"] if hint.get("tokenizer") == "conv" else 2 ** len(stem)
-        out.update(tokenizer="conv", patch_size=patch, in_chans=state[stem[0]].shape[1],
-                   stem_channels=tuple(state[k].shape[0] for k in stem))
-        stride = patch
-    elif cct:
-        out.update(tokenizer="cct", cct_layers=len(cct), cct_kernel=state[cct[0]].shape[-1],
-                   in_chans=state[cct[0]].shape[1])
-        stride = 2 ** len(cct)
-    else:
-        w = state["patch_embed.proj.weight"]  # (D, C, p, p)
-        if w.shape[-1] != w.shape[-2]:
-            raise ValueError(f"{where}: patch_embed.proj.weight has a non-square kernel {tuple(w.shape[-2:])}")
-        out.update(tokenizer="patch", patch_size=w.shape[-1], in_chans=w.shape[1])
-        stride = w.shape[-1]
+    tok, stride = read_tokenizer_layout(state, {**hint, "embed_dim": D}, where)
+    out.update(tok)
     out["num_classes"] = state["head.weight"].shape[0] if "head.weight" in state else 0
 
     # prefix tokens and pooling
@@ -392,7 +419,7 @@ def infer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any], where: st
     out["pos_embed"] = "learned"
     rows, n_prefix = state["pos_embed"].shape[1], int(has_cls) + out["num_registers"]
     img, expected = hint.get("img_size"), None
-    if img and out["tokenizer"] != "cct" and hint.get("patch_size", stride) == stride:
+    if img and "patch_size" in tok and hint.get("patch_size", stride) == stride:  # a grid of patch_size patches
         h, w = (img, img) if isinstance(img, int) else img
         expected = (h // stride) * (w // stride)  # the grid the stated/preset image size gives
     options: list[bool] = []
@@ -417,7 +444,7 @@ def resolve_config(name: str | None, source: Source, overrides: dict[str, Any]) 
     preset = get_config(name).to_dict() if name else {}
     fields = dict(preset) or ViTConfig().to_dict()
     stated = {k: v for k, v in source.config.items() if k not in TRAINING_FIELDS}
-    hint = {**preset, **source.timm, **stated, **overrides}
+    hint = merge_fields(merge_fields({**preset, **source.timm}, stated), overrides)
     layout = infer_layout(source.state, hint, source.where)
     take = set(layout) | set(stated) if not name else set(LAYOUT_FIELDS)
     fields.update({k: v for k, v in {**layout, **stated}.items() if k in take})
@@ -430,7 +457,7 @@ def resolve_config(name: str | None, source: Source, overrides: dict[str, Any]) 
                          f"it; pass num_heads=... (a divisor of embed_dim={D}, e.g. {max(1, D // 64)}) or a preset")
     if any(k in overrides for k in POOL_FIELDS):  # the user chose the pooling: the config decides the rest
         fields.update({k: (preset or ViTConfig().to_dict())[k] for k in POOL_FIELDS})
-    fields.update(overrides)
+    fields = merge_fields(fields, overrides)  # another tokenizer than the checkpoint's: its own options
     if isinstance(fields.get("img_size"), list):
         fields["img_size"] = tuple(fields["img_size"])
     return ViTConfig.from_dict(fields)

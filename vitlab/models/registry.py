@@ -11,7 +11,8 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .config import ViTConfig
+from .config import RENAMED_FIELDS, ViTConfig, merge_fields
+from .tokenizers import get_tokenizer
 from vitlab.data.stats import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, stats_for_channels
 from .vit import TIMM_POOLS, VisionTransformer
 
@@ -41,15 +42,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CIFAR (32 px): ViT-Lite-7/4 and CCT-7/3x1 shapes, plus the conv stem at the same width and depth
     "vit_lite_7_patch4_32": _preset("lite7", tokenizer="patch", patch_size=4, img_size=32, num_classes=10),
     "vit_lite_7_conv4_32": _preset("lite7", tokenizer="conv", patch_size=4, img_size=32, num_classes=10),
-    "cct_7_3x1_32": _preset("lite7", tokenizer="cct", cct_layers=1, cct_kernel=3, pool="seq", img_size=32,
-                            num_classes=10),
+    "cct_7_3x1_32": _preset("lite7", tokenizer="cct", tokenizer_options={"layers": 1, "kernel": 3}, pool="seq",
+                            img_size=32, num_classes=10),
     # Fashion-MNIST (28 px, 1 channel): one width and depth, three tokenizers
     "vit_micro_patch4_28": _preset("micro", tokenizer="patch", patch_size=4, img_size=28, in_chans=1,
                                    num_classes=10),
     "vit_micro_conv4_28": _preset("micro", tokenizer="conv", patch_size=4, img_size=28, in_chans=1,
                                   num_classes=10),
-    "cct_micro_28": _preset("micro", tokenizer="cct", cct_layers=2, pool="seq", img_size=28, in_chans=1,
-                            num_classes=10),
+    "cct_micro_28": _preset("micro", tokenizer="cct", tokenizer_options={"layers": 2}, pool="seq", img_size=28,
+                            in_chans=1, num_classes=10),
 }
 
 
@@ -59,10 +60,11 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_config(name: str | None = None, **overrides: Any) -> ViTConfig:
-    """The ``ViTConfig`` of a preset (or of the defaults when ``name`` is None) with overrides applied."""
+    """The ``ViTConfig`` of a preset (or of the defaults when ``name`` is None) with overrides applied
+    (``tokenizer_options`` update the preset's while its tokenizer stays, see ``merge_fields``)."""
     if name is not None and name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    return ViTConfig.from_dict({**(PRESETS[name] if name else {}), **overrides})
+    return ViTConfig.from_dict(merge_fields(PRESETS[name] if name else {}, overrides))
 
 
 def create_model(name: str | None = None, pretrained: str | None = None, **overrides: Any) -> VisionTransformer:
@@ -71,7 +73,7 @@ def create_model(name: str | None = None, pretrained: str | None = None, **overr
     Args:
         name: a preset from ``list_models()``; None starts from ``ViTConfig``'s defaults.
         pretrained: weights to load (see ``vitlab.models.pretrained.load_pretrained``).
-        **overrides: any ``ViTConfig`` field, e.g. ``num_classes=10, tokenizer="conv"``.
+        **overrides: any ``ViTConfig`` field, e.g. ``num_classes=10, tokenizer="cct", tokenizer_options={"layers": 2}``.
     """
     if pretrained:  # the checkpoint's own layout decides what the preset and overrides leave open
         from .pretrained import create_pretrained
@@ -87,7 +89,11 @@ _DATA_CFGS = {
     "imagenet": dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation="bilinear",
                      crop_pct=0.875),  # vitlab's ImageNetDataModule eval transform (timm's defaults)
 }
-FIRST_CONV = {"patch": "patch_embed.proj", "conv": "patch_embed.stem.0.0", "cct": "patch_embed.layers.0.0"}
+
+
+def first_conv(cfg: ViTConfig) -> str:
+    """timm's ``first_conv``: the tokenizer's first conv, as a module path of the model."""
+    return f"patch_embed.{get_tokenizer(cfg.tokenizer).first_conv}"
 
 
 def _data_of(cfg: ViTConfig) -> str:
@@ -101,7 +107,7 @@ def preset_pretrained_cfg(name: str, cfg: ViTConfig | None = None) -> dict[str, 
     input size and classes when given."""
     cfg = cfg or get_config(name)
     return dict(url="", num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_hw), pool_size=None,
-                first_conv=FIRST_CONV[cfg.tokenizer], classifier="head", license="apache-2.0",
+                first_conv=first_conv(cfg), classifier="head", license="apache-2.0",
                 custom_load=True,  # file/url weights go through VisionTransformer.load_pretrained (vitlab's loader)
                 **_DATA_CFGS[_data_of(get_config(name))])
 
@@ -139,7 +145,7 @@ def timm_kwargs_to_config(preset: str | None, kwargs: dict[str, Any]) -> ViTConf
             values[_TIMM_RENAMES[key]] = value
         elif key in _TIMM_NOT_SUPPORTED:
             raise ValueError(f"{key}={value!r}: timm's ViT option {key!r} has no vitlab equivalent")
-        elif key in ViTConfig.field_names():
+        elif key in ViTConfig.field_names() or key in RENAMED_FIELDS:  # old names: get_config says the new one
             values[key] = value
         else:
             raise UnknownModelArgument(f"unknown model argument {key}={value!r} for vitlab models; they take timm's "
@@ -174,10 +180,11 @@ def _timm_entrypoint(preset: str):
 
 def _fit_data_config(pretrained_cfg: dict[str, Any], cfg: ViTConfig) -> dict[str, Any]:
     """The preset's data config for the model as built: its input size and classes, the statistics converted to its
-    channels (gray <-> RGB, as vitlab's data modules convert images), so timm's scripts feed it what it takes."""
+    channels (gray <-> RGB, as vitlab's data modules convert images), so timm's scripts feed it what it takes; the
+    first conv of its tokenizer (another tokenizer than the preset's may have been asked for)."""
     mean, std = stats_for_channels(tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"]), cfg.in_chans)
     return {**pretrained_cfg, "input_size": (cfg.in_chans, *cfg.img_hw), "num_classes": cfg.num_classes,
-            "mean": mean, "std": std}
+            "mean": mean, "std": std, "first_conv": first_conv(cfg)}
 
 
 def _build_for_timm(preset: str):

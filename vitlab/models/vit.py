@@ -35,7 +35,7 @@ class VisionTransformer(nn.Module):
         if cfg is None:
             cfg = ViTConfig.from_dict(kwargs)
         elif kwargs:
-            cfg = ViTConfig.from_dict({**cfg.to_dict(), **kwargs})
+            cfg = cfg.replace(**kwargs)
         with torch.device(device) if device is not None else nullcontext():
             self._build(cfg)
             self.init_weights()
@@ -148,8 +148,9 @@ class VisionTransformer(nn.Module):
 
     def set_input_size(self, img_size: Union[int, Tuple[int, int], None] = None,
                        patch_size: Union[int, Tuple[int, int], None] = None) -> None:
-        """Rebuild for another image size (int or (H, W)) and, for the patch tokenizer, another patch size (the
-        kernel resampled as FlexiViT); a learned position table is resampled (bicubic) to the new grid."""
+        """Rebuild for another image size (int or (H, W)) and, for a tokenizer with ``set_patch_size`` (the patch
+        tokenizer: kernel resampled as FlexiViT), another patch size; a learned position table is resampled
+        (bicubic) to the new grid."""
         values = self.cfg.to_dict()
         if img_size is not None:
             values["img_size"] = _pair_or_int(img_size, "img_size")
@@ -157,9 +158,9 @@ class VisionTransformer(nn.Module):
             p = _pair_or_int(patch_size, "patch_size")
             if not isinstance(p, int):
                 raise ValueError(f"patch_size={patch_size!r}: vitlab tokenizers use square patches")
-            if p != self.cfg.patch_size and self.cfg.tokenizer != "patch":
-                raise ValueError(f"patch_size can only change for the patch tokenizer; this model's is "
-                                 f"{self.cfg.tokenizer!r}, whose weights depend on it")
+            if p != self.cfg.patch_size and not hasattr(self.patch_embed, "set_patch_size"):
+                raise ValueError(f"patch_size can only change for the patch tokenizer (it resamples its kernel); "
+                                 f"this model's is {self.cfg.tokenizer!r}, whose weights depend on it")
             values["patch_size"] = p
         cfg = ViTConfig.from_dict(values)  # validates (e.g. the patch size divides the image)
         if cfg.patch_size != self.cfg.patch_size:

@@ -340,7 +340,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         :func:`_data_info` finds for older checkpoints.
     """
     from vitlab.models.config import ViTConfig
-    from vitlab.models.pretrained import load_state_dict_checked
+    from vitlab.models.pretrained import load_state_dict_checked, upgrade_config_fields
     from vitlab.models.registry import get_config
     from vitlab.models.vit import VisionTransformer
 
@@ -354,7 +354,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
                          f"--model PRESET --weights FILE")
     hp = dict(ckpt.get("hyper_parameters") or {})
     fields = ViTConfig.field_names()
-    overrides = {k: v for k, v in hp.items() if k in fields and v is not None}
+    overrides = {k: v for k, v in upgrade_config_fields(hp, hp.get("preset")).items() if k in fields and v is not None}
     model = VisionTransformer(get_config(hp.get("preset"), **overrides))
     state = ckpt["state_dict"]
     prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
@@ -421,7 +421,11 @@ def read_images(paths: Sequence[str | Path], img_size: int, in_chans: int, mean:
 
 
 def _parse_value(text: str):
-    """``--set`` values: ints, floats, booleans, null and comma-separated tuples, else the string."""
+    """``--set`` values: ints, floats, booleans, null, comma-separated tuples and YAML mappings
+    (``tokenizer_options={layers: 3}``), else the string."""
+    if text.startswith("{"):
+        import yaml
+        return yaml.safe_load(text)
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"

@@ -74,7 +74,7 @@ def build_models(cfg: ViTConfig, device: torch.device, channels_last: bool, with
     if with_timm:
         try:
             models["timm"] = build_timm(models["vitlab"])
-        except ValueError as err:  # conv / cct tokenizers, sequence pooling: nothing to compare with
+        except ValueError as err:  # a tokenizer other than patch, sequence pooling: nothing to compare with
             notes.append(f"no timm comparison: {err}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = {k: m.to(device, memory_format=fmt) for k, m in models.items()}

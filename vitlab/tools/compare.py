@@ -1,13 +1,14 @@
-"""`vitlab compare`: patch vs conv-stem vs CCT tokenization under one recipe, several seeds, one report.
+"""`vitlab compare`: tokenizers (patch, conv stem, CCT, any registered plug-in) under one recipe, several seeds,
+one report.
 
     vitlab compare --data fashion_mnist --seeds 0 1 2 --epochs 5 --out reports/compare_fashion_mnist
 
-Every tokenizer gets the same encoder width, heads, token grid (the conv stem and the CCT tokenizer are set up to
-reach the patch model's grid) and the same recipe; ``--match flops`` also drops encoder blocks from the conv
-models until their forward FLOPs are at most the patch model's (as Xiao et al. drop one block), ``--match width``
-keeps the depth. Each run's results are kept in ``OUT/runs/<tokenizer>_seed<k>.json``: a rerun skips finished
-runs, so an interrupted comparison resumes. The report: ``OUT/results.md`` (params, GFLOPs, img/s, accuracy mean
-± std over seeds, epochs and wall-clock to a target accuracy) and PNG plots.
+Every tokenizer gets the same encoder width, heads, token grid (each is set up to reach the patch model's grid:
+``Tokenizer.matching_options``) and the same recipe; ``--match flops`` also drops encoder blocks from the models
+whose tokenizer costs more until their forward FLOPs are at most the patch model's (as Xiao et al. drop one
+block), ``--match width`` keeps the depth. Each run's results are kept in ``OUT/runs/<tokenizer>_seed<k>.json``:
+a rerun skips finished runs, so an interrupted comparison resumes. The report: ``OUT/results.md`` (params, GFLOPs,
+img/s, accuracy mean ± std over seeds, epochs and wall-clock to a target accuracy) and PNG plots.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import lightning as L
 import torch
 
 from vitlab.models.config import ViTConfig
-from vitlab.models.flops import forward_macs, model_stats
+from vitlab.models.flops import forward_macs, model_stats, num_tokens
 from vitlab.models.registry import get_config
+from vitlab.models.tokenizers import get_tokenizer, list_tokenizers
 
 DATA = {  # name -> (data module class path, default preset of the patch baseline)
     "fashion_mnist": ("vitlab.data.FashionMNISTDataModule", "vit_micro_patch4_28"),
@@ -36,23 +38,19 @@ DATA = {  # name -> (data module class path, default preset of the patch baselin
 # ----------------------------------------------------------------------------------------------- configs
 def matched_configs(base: ViTConfig, tokenizers: list[str], match: str) -> dict[str, ViTConfig]:
     """One config per tokenizer: same width, heads and token grid; with ``match='flops'`` fewer blocks for the
-    conv tokenizers until their forward FLOPs are at most the patch model's."""
+    tokenizers that cost more, until their forward FLOPs are at most the patch model's."""
     if match not in ("flops", "width"):
         raise ValueError(f"unknown match {match!r}; choose 'flops' or 'width'")
-    patch = ViTConfig.from_dict({**base.to_dict(), "tokenizer": "patch"})
-    n_down = patch.patch_size.bit_length() - 1
+    patch = base.replace(tokenizer="patch")
     out = {}
     for tok in tokenizers:
-        extra: dict[str, Any] = {"tokenizer": tok}
-        if tok == "cct":
-            if patch.patch_size & (patch.patch_size - 1):
-                raise ValueError(f"cct reaches the patch grid only for a power-of-2 patch_size, got "
-                                 f"{patch.patch_size}")
-            extra["cct_layers"] = max(1, n_down)  # each layer halves the grid
-        cfg = ViTConfig.from_dict({**patch.to_dict(), **extra})
+        cfg = patch.replace(tokenizer=tok, tokenizer_options=get_tokenizer(tok).matching_options(patch))
+        if num_tokens(cfg) != num_tokens(patch):
+            raise ValueError(f"tokenizer {tok!r} makes {num_tokens(cfg)} tokens, the patch model {num_tokens(patch)}: "
+                             f"its matching_options do not reach the patch grid")
         if match == "flops":
             while cfg.depth > 1 and forward_macs(cfg) > forward_macs(patch):
-                cfg = ViTConfig.from_dict({**cfg.to_dict(), "depth": cfg.depth - 1})
+                cfg = cfg.replace(depth=cfg.depth - 1)
         out[tok] = cfg
     return out
 
@@ -234,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data", choices=sorted(DATA), default="fashion_mnist")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--model", default=None, help="preset of the patch baseline (default: per data set)")
-    p.add_argument("--tokenizers", nargs="+", default=["patch", "conv", "cct"], choices=["patch", "conv", "cct"])
+    p.add_argument("--tokenizers", nargs="+", default=list_tokenizers(), choices=list_tokenizers(),
+                   help="registered tokenizers to compare (default: all)")
     p.add_argument("--match", choices=["flops", "width"], default="flops")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5)

@@ -22,7 +22,8 @@ import torch
 import yaml
 from torch import nn
 
-from vitlab.models.config import ViTConfig
+from vitlab.models.config import ViTConfig, merge_fields
+from vitlab.models.pretrained import upgrade_config_fields
 from vitlab.models.registry import create_model, get_config
 from vitlab.models.vit import VisionTransformer
 
@@ -190,7 +191,8 @@ def add_metadata(path: str | Path, data_config: dict[str, Any] | None, class_nam
 
 # ----------------------------------------------------------------------------------------------- loading
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["embed_dim=128", "tokenizer=conv", "stem_channels=[24,48]"]`` -> config overrides (YAML values)."""
+    """``["embed_dim=128", "tokenizer=conv", "tokenizer_options={channels: [24, 48]}"]`` -> config overrides (YAML
+    values)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -218,8 +220,9 @@ def load_checkpoint_model(path: str | Path, overrides: dict[str, Any] | None = N
     if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} has no hyper_parameters/state_dict: it is not a Lightning checkpoint; pass "
                          f"--model PRESET [--set k=v] --weights {path} instead")
-    fields = {k: v for k, v in hp.items() if k in ViTConfig.field_names() and v is not None}
-    cfg = get_config(hp.get("preset"), **{**fields, **(overrides or {})})
+    fields = {k: v for k, v in upgrade_config_fields(hp, hp.get("preset")).items()
+              if k in ViTConfig.field_names() and v is not None}
+    cfg = get_config(hp.get("preset"), **merge_fields(fields, overrides or {}))
     model = VisionTransformer(cfg)
     state = ckpt["state_dict"]
     prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "model."

@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.models.config import Pool, PosEmbed, Tokenizer, ViTConfig
+from vitlab.models.config import Pool, PosEmbed, ViTConfig
 from vitlab.models.flops import forward_macs
 from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import PRESETS, get_config
@@ -122,7 +122,7 @@ class ImageClassifier(L.LightningModule):
         preset: Optional[Preset] = None,
         pretrained: Optional[str] = None,
         # ---- architecture (ViTConfig); None = the preset's value
-        tokenizer: Optional[Tokenizer] = None,
+        tokenizer: Optional[str] = None,
         img_size: Optional[int] = None,
         patch_size: Optional[int] = None,
         in_chans: Optional[int] = None,
@@ -143,9 +143,7 @@ class ImageClassifier(L.LightningModule):
         class_token: Optional[bool] = None,
         pos_embed_prefix: Optional[bool] = None,
         fc_norm: Optional[bool] = None,
-        stem_channels: Optional[tuple[int, ...]] = None,
-        cct_layers: Optional[int] = None,
-        cct_kernel: Optional[int] = None,
+        tokenizer_options: Optional[dict] = None,
         grad_checkpointing: Optional[bool] = None,
         # ---- optimisation
         base_lr: float = 5e-4,
