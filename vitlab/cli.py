@@ -36,6 +36,8 @@ from vitlab.training.callbacks import PredictionWriter, RunPlots, TrainThroughpu
 from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
+from vitlab.training.settings import MOVED, moved_message, upgrade_hparams
+from vitlab.models.config import RENAMED_FIELDS
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
 def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
@@ -74,8 +76,12 @@ class _Parser(LightningArgumentParser):
 def one_line_error(message: str) -> str:
     """jsonargparse's multi-line error as one line naming the key and the value: a union (``Optional[int]``, a
     data-module class) lists every member's complaint; keep the ones that are not "expected None"."""
+    moved = re.search(r"unrecognized arguments: --model\.(\w+)|does not accept option '(?:model\.)?(\w+)'", message)
+    key = (moved.group(1) or moved.group(2)) if moved else None
+    if key in MOVED or key in RENAMED_FIELDS:
+        return moved_message(key)
     link = re.match(r"argument (\S+) --> (\S+):", message)
-    if link:  # a value for a linked key, e.g. model.num_classes
+    if link:  # a value for a linked key, e.g. model.arch.num_classes
         return (f"{link.group(2)} is set from {link.group(1)} (the data decides it): leave {link.group(2)} out "
                 f"and set {link.group(1).split('.')[0]} options instead")
     if "Does not validate against any of the Union subtypes" not in message:
@@ -111,7 +117,6 @@ def one_line_error(message: str) -> str:
     return result
 
 
-EVAL_ARGS = ("tta", "top_k")  # model arguments a checkpoint's hyperparameters do not override
 
 
 class VitlabCLI(LightningCLI):
@@ -150,7 +155,7 @@ class VitlabCLI(LightningCLI):
                             help="Write last.ckpt after this many minutes of training since the last write.")
         # the data decides what the model's input and output look like
         for key in ("num_classes", "in_chans", "img_size"):
-            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+            parser.link_arguments(f"data.{key}", f"model.arch.{key}", apply_on="instantiate")
         # best val/acc1 and the last checkpoint; configurable as checkpoint.*
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -182,11 +187,19 @@ class VitlabCLI(LightningCLI):
                     check_checkpoint(config.ckpt_path)
                 except ValueError as e:
                     self._parser(subcommand).error(str(e))
-        # Lightning replaces the model's arguments by the checkpoint's; how to evaluate comes from this command
-        kept = {k: config.model[k] for k in EVAL_ARGS if config is not None and k in config.get("model", {})}
-        super()._parse_ckpt_path()
-        for key, value in kept.items():
-            self.config[subcommand].model[key] = value
+        # the model's arguments come from the checkpoint (read in today's groups); how to evaluate (model.evaluation)
+        # comes from this command
+        if config is None or not config.get("ckpt_path") or not Path(config.ckpt_path).is_file():
+            return
+        hparams = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
+            "hyper_parameters") or {}
+        hparams = {k: v for k, v in upgrade_hparams(hparams).items() if k != "_instantiator" and k != "evaluation"}
+        if hparams:
+            try:
+                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+            except SystemExit:
+                sys.stderr.write(f"vitlab {subcommand}: the hyper-parameters of {config.ckpt_path} do not parse\n")
+                raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -370,7 +383,7 @@ def find_checkpoint(runs_dir: str, name: str, which: str) -> str:
 def _default_run_name(config: Any) -> str:
     data = str(config.data.class_path).rsplit(".", 1)[-1].removesuffix("DataModule")
     data = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", data).lower()  # FashionMNIST -> fashion_mnist
-    model = config.model.preset or config.model.tokenizer or "vit"
+    model = config.model.preset or config.model.arch.tokenizer or "vit"
     return f"{data}_{model}"
 
 

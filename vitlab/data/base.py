@@ -29,7 +29,7 @@ class ImageDataModule(L.LightningDataModule):
 
     Batches are ``(images (B, C, H, W) float32, labels (B,) int64)``; normalisation happens in the
     transforms. ``num_classes`` and ``classes`` are known right after ``__init__`` (LightningCLI links
-    ``data.num_classes -> model.num_classes``).
+    ``data.num_classes -> model.arch.num_classes``).
 
     Args:
         data_dir: Where the data set lives (or is downloaded to).

@@ -7,8 +7,8 @@ options (``tokenizer_options``) are declared and checked by the tokenizer (``vit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Mapping, Optional, Union
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Literal, Mapping, Optional, Union, get_type_hints
 
 from .tokenizers import get_tokenizer, list_tokenizers
 
@@ -26,7 +26,33 @@ RENAMED_FIELDS = {"stem_channels": ("conv", "channels"), "cct_layers": ("cct", "
 
 @dataclass
 class ViTConfig:
-    """Architecture of a vitlab Vision Transformer."""
+    """Architecture of a vitlab Vision Transformer.
+
+    Args:
+        tokenizer: A registered tokenizer (``list_tokenizers()``): "patch", "conv", "cct" or a plug-in.
+        img_size: Input side, or (H, W).
+        patch_size: patch: the patch side; conv: the stem's total stride (a power of 2); cct: unused.
+        in_chans: Input channels.
+        num_classes: Classes of the head; 0 = no head (features).
+        embed_dim: Token width D.
+        depth: Transformer blocks.
+        num_heads: Attention heads per block (D divisible by it).
+        mlp_ratio: MLP hidden width / D.
+        pool: "cls" (class token), "avg" (mean of the image tokens) or "seq" (CCT's sequence pooling).
+        num_registers: Register tokens (Darcet et al. 2024).
+        pos_embed: "learned", "sincos" (fixed 2-D) or "none".
+        drop_rate: Dropout before the head and after the attention/MLP projections.
+        attn_drop_rate: Dropout of the attention weights.
+        drop_path_rate: Stochastic depth at the last block (linear from 0 at the first).
+        layer_scale_init: LayerScale gamma init; None = off.
+        qk_norm: LayerNorm on queries and keys.
+        qkv_bias: Bias of the query/key/value projection.
+        class_token: None = only when pool is "cls".
+        pos_embed_prefix: Learned positions cover the prefix (class/register) tokens, as timm's default.
+        fc_norm: Final norm after pooling (timm's fc_norm) instead of before; None = when pool is "avg".
+        tokenizer_options: The tokenizer's own options, e.g. {"layers": 2} for cct (defaults filled in).
+        grad_checkpointing: Recompute block activations in backward (less memory, slower).
+    """
 
     tokenizer: str = "patch"  # a registered tokenizer: "patch", "conv", "cct" or a plug-in
     img_size: Union[int, tuple[int, int]] = 224  # a side, or (H, W)
@@ -134,6 +160,17 @@ class ViTConfig:
         return cls(**values)
 
 
+# ``ViTConfig``'s fields, each optional: what ``ImageClassifier(arch=...)`` and ``model.arch.*`` take; None keeps the
+# preset's value (or ViTConfig's default without a preset). Derived, so every field is declared once, above.
+ViTOverrides = make_dataclass(
+    "ViTOverrides", [(f.name, Optional[t], field(default=None))
+                     for f, t in zip(fields(ViTConfig), get_type_hints(ViTConfig).values())], frozen=True)
+ViTOverrides.__module__ = __name__
+ViTOverrides.__doc__ = ViTConfig.__doc__.replace(
+    "Architecture of a vitlab Vision Transformer.",
+    "Architecture overrides: ``ViTConfig``'s fields, each None = the preset's value.")
+
+
 def merge_fields(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` config fields updated by ``changes``. ``tokenizer_options`` belong to their tokenizer: they update the
     base's options while the tokenizer stays, and start from the new tokenizer's defaults when it changes."""
@@ -151,7 +188,7 @@ def renamed_message(values: Mapping[str, Any]) -> str:
     options = {RENAMED_FIELDS[k][1]: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     yaml = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in options.items())
     return (f"{', '.join(values)} {'was' if len(values) == 1 else 'were'} renamed: use tokenizer_options={options} "
-            f"(YAML: model.tokenizer_options: {{{yaml}}})")
+            f"(YAML: model.arch.tokenizer_options: {{{yaml}}})")
 
 
 def _is_number(value: Any) -> bool:
@@ -172,4 +209,4 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
 
 
-__all__ = ["ViTConfig", "POOLS", "POS_EMBEDS", "RENAMED_FIELDS", "merge_fields", "list_tokenizers"]
+__all__ = ["ViTConfig", "ViTOverrides", "POOLS", "POS_EMBEDS", "RENAMED_FIELDS", "merge_fields", "list_tokenizers"]

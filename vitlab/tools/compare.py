@@ -116,10 +116,10 @@ def run_one(cfg: ViTConfig, data_name: str, seed: int, args: argparse.Namespace)
     data = getattr(import_module(module_path), cls_name)(
         data_dir=args.data_dir, batch_size=args.batch_size, seed=0, num_workers=args.num_workers,
         train_subset=args.train_subset, eval_subset=args.eval_subset, img_size=cfg.img_size, in_chans=cfg.in_chans)
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("num_classes",)}
-    model = ImageClassifier(**fields, num_classes=data.num_classes, base_lr=args.base_lr,
-                            warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
-                            label_smoothing=args.label_smoothing)
+    model = ImageClassifier(arch=cfg.replace(num_classes=data.num_classes),
+                            optim={"base_lr": args.base_lr, "weight_decay": args.weight_decay},
+                            schedule={"warmup_epochs": args.warmup_epochs},
+                            regularization={"label_smoothing": args.label_smoothing})
     recorder = EpochRecorder()
     trainer = L.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

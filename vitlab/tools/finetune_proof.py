@@ -36,7 +36,8 @@ def pretrain(out: Path, samples: int, epochs: int, batch_size: int = 128, eval_s
     L.seed_everything(0, verbose=False)
     data = FashionMNISTDataModule(batch_size=batch_size, train_subset=samples, eval_subset=eval_samples,
                                   num_workers=0)
-    model = ImageClassifier(preset=PRESET, num_classes=10, base_lr=4e-3, warmup_epochs=0.2, weight_decay=0.05)
+    model = ImageClassifier(preset=PRESET, arch={"num_classes": 10}, optim={"base_lr": 4e-3, "weight_decay": 0.05},
+                            schedule={"warmup_epochs": 0.2})
     trainer = _trainer(epochs)
     trainer.fit(model, datamodule=data)
     acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc1"]
@@ -55,8 +56,9 @@ def run_digits(seed: int, pretrained: str | None, epochs: int, img_size: int, ba
     L.seed_everything(seed, verbose=False)
     data = DigitsDataModule(batch_size=batch_size, img_size=img_size, seed=seed, num_workers=0,
                             train_subset=train_subset)
-    model = ImageClassifier(preset=PRESET, pretrained=pretrained, img_size=img_size, in_chans=1, num_classes=10,
-                            base_lr=8e-3, warmup_epochs=1.0, weight_decay=0.05)
+    model = ImageClassifier(preset=PRESET, pretrained=pretrained, arch={"img_size": img_size, "in_chans": 1,
+                            "num_classes": 10}, optim={"base_lr": 8e-3, "weight_decay": 0.05},
+                            schedule={"warmup_epochs": 1.0})
     trainer = _trainer(epochs)
     trainer.fit(model, datamodule=data)
     return trainer.test(model, datamodule=data, verbose=False)[0]["test/acc1"]

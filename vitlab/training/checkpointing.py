@@ -209,4 +209,32 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumeState", "NonFiniteCheckpointError", "nonfinite_tensors"]
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model built from the config and the data."""
+
+
+def check_checkpoint_fits(module: Any, state: dict[str, torch.Tensor], hparams: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` naming what differs (class count first) unless every tensor of
+    ``state`` has the shape of the module's own."""
+    own = module.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if not shapes:
+        return
+    head = state.get("model.head.weight")
+    if head is not None and head.shape[0] != module.cfg.num_classes:
+        raise CheckpointMismatchError(
+            f"the checkpoint was trained for {head.shape[0]} classes, but the data has {module.cfg.num_classes}: "
+            f"use the data it was trained on, or start a new fit from its weights with model.pretrained=PATH "
+            f"(the head is then re-initialised)")
+    from vitlab.training.settings import upgrade_hparams
+    arch = upgrade_hparams(hparams).get("arch") or {}
+    differ = [f"arch.{k}={arch[k]!r} (model: {getattr(module.cfg, k)!r})" for k in ("img_size", "in_chans",
+              "patch_size", "embed_dim", "depth", "tokenizer") if arch.get(k) is not None and arch[k] != getattr(module.cfg, k)]
+    raise CheckpointMismatchError(
+        f"the checkpoint does not fit the model{': it has ' + ', '.join(differ) if differ else ''}; "
+        f"{len(shapes)} tensors differ in shape (checkpoint vs model), e.g. {shapes[0]}")
+
+
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumeState", "NonFiniteCheckpointError", "nonfinite_tensors",
+           "CheckpointMismatchError", "check_checkpoint_fits"]
