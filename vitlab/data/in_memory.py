@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.base import ImageDataModule
 from vitlab.data.device_cache import DeviceCachedLoader
-from vitlab.data.transforms import small_image_predict_transform, small_image_transform
+from vitlab.data.transforms import auto_augment_transform, small_image_predict_transform, small_image_transform
 
 
 class TensorImageDataset(Dataset):
@@ -45,13 +45,17 @@ class InMemoryDataModule(ImageDataModule):
             ``pin_memory`` are then unused; ``predict`` still reads image files.
         random_erasing: Probability that a training image gets timm's random erasing (a rectangle of 2-33 %
             of the area filled with noise, after normalisation; Zhong et al. 2020); 0 = off. Needs ``augment``.
+        auto_augment: timm's augmentation string for the training images, e.g. ``rand-m9-mstd0.5-inc1``
+            (RandAugment, as CCT and DeiT train) or ``rand-n1-m10-mstd101`` (TrivialAugment); None = off. Needs
+            ``augment``.
         *args, **kwargs: As :class:`~vitlab.data.base.ImageDataModule`.
     """
 
     crop_padding: int = 4  # zero padding of the training random crop
     eval_crop_from_weights = False  # training sees whole images, so eval does too (crop_pct 1) unless asked
 
-    def __init__(self, *args, on_device: bool = False, random_erasing: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, on_device: bool = False, random_erasing: float = 0.0, auto_augment: str | None = None,
+                 **kwargs) -> None:
         if not isinstance(on_device, bool):
             raise ValueError(f"on_device must be true or false, got {on_device!r}")
         if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)) \
@@ -59,7 +63,13 @@ class InMemoryDataModule(ImageDataModule):
             raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}")
         self.on_device = on_device
         self.random_erasing = float(random_erasing)
+        self.auto_augment = auto_augment or None
         super().__init__(*args, **kwargs)
+        if self.auto_augment:
+            auto_augment_transform(self.auto_augment, self.native_size, self.native_mean)  # a bad string fails here
+        if on_device and self.repeated_aug > 1:
+            raise ValueError(f"repeated_aug={self.repeated_aug} is for the per-image loader; with on_device: true "
+                             "set repeated_aug 1")
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Read the official train or test split: ``(images (N, C, H, W) uint8, labels (N,) int64)``."""
@@ -70,7 +80,7 @@ class InMemoryDataModule(ImageDataModule):
             native_size=self.native_size, native_chans=self.native_chans, img_size=self.img_size,
             in_chans=self.in_chans, mean=self.mean, std=self.std, train=train and self.augment,
             interpolation=self.interpolation, crop_pct=self.crop_pct, crop_padding=self.crop_padding,
-            random_erasing=self.random_erasing,
+            random_erasing=self.random_erasing, auto_augment=self.auto_augment, native_mean=self.native_mean,
         )
 
     def predict_transform(self) -> Callable:

@@ -13,6 +13,7 @@ Three parts, so that the data of step ``s`` is a function of (seed, epoch, posit
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -30,24 +31,53 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SeededSampler(DistributedSampler):
     """Yields ``(index, epoch, seed)`` keys for :class:`SeededDataset`, shuffled by ``seed + epoch``.
 
+    With ``repeats`` R > 1 it is DeiT's repeated augmentation, as timm's ``RepeatAugSampler`` draws it: each
+    shuffled index is repeated R times in a row and the stream dealt out to the processes in turn, so the R copies
+    land in R different processes (or side by side in one), each copy augmented differently (its key is
+    ``(index * R + copy, epoch, seed)``-seeded); an epoch keeps ``len(dataset) / num_replicas`` samples per process.
+    Written here rather than using timm's sampler because it must resume mid-epoch and seed each copy apart.
+
     Args:
         dataset: The data set (only its length is used).
         num_replicas: Processes sharing an epoch (DDP world size); each takes its own shard.
         rank: This process's shard.
         shuffle: Shuffle each epoch (False: in order).
         seed: Seed of the order and of the per-sample augmentation seeds.
+        repeats: Augmented copies of each drawn sample (repeated augmentation); 1 = off.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, repeats: int = 1) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ValueError(f"repeated_aug must be an integer >= 1, got {repeats!r}")
+        self.repeats = repeats
         self.start = 0  # samples of this epoch to skip (once), set when resuming
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int] | tuple[int, int, int, int]]:
         start, self.start = self.start, 0
         epoch = self.epoch
-        for index in list(super().__iter__())[start:]:
-            yield index, epoch, self.seed
+        if self.repeats == 1:
+            for index in list(super().__iter__())[start:]:
+                yield index, epoch, self.seed
+            return
+        for index, copy in self._repeated()[start:]:
+            yield index, epoch, self.seed, copy
+
+    def _repeated(self) -> list[tuple[int, int]]:
+        """This process's ``(index, copy)`` of the epoch: timm's RepeatAugSampler order."""
+        n, R, world = len(self.dataset), self.repeats, self.num_replicas
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(n))
+        stream = [(i, c) for i in order for c in range(R)]  # (n * R)
+        total = math.ceil(n * R / world) * world
+        stream += stream[:total - len(stream)]  # padded to divide evenly
+        return stream[self.rank:total:world][:len(self)]
+
+    def __len__(self) -> int:
+        return super().__len__()
 
 
 class SeededDataset(Dataset):
@@ -79,11 +109,11 @@ class SeededDataset(Dataset):
             np.random.set_state(states[1])
             torch.set_rng_state(states[2])
 
-    def _seeded(self, key: int | tuple[int, int, int]) -> Any:
+    def _seeded(self, key: int | tuple[int, ...]) -> Any:
         if not isinstance(key, tuple):
             return self.dataset[key]
-        index, epoch, seed = key
-        s = sample_seed(seed, epoch, index)
+        index, epoch, seed = key[:3]
+        s = sample_seed(seed, epoch, index if len(key) == 3 else -1 - (index * 1024 + key[3]))  # copies: own seeds
         torch.default_generator.manual_seed(s)  # not torch.manual_seed, which also seeds every GPU (~100 us)
         random.seed(s)
         np.random.seed(s % 2**32)

@@ -24,6 +24,23 @@ for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):  # Augme
     auto_augment.NAME_TO_OP[_name] = _posterize
 
 
+def auto_augment_transform(config: str, img_size: int, mean: tuple[float, ...]):
+    """timm's automatic augmentation from its config string on PIL images, as ``timm.data.create_transform`` builds
+    it: ``rand-m9-mstd0.5-inc1`` (RandAugment), ``rand-n1-m10-mstd101`` (TrivialAugment: one op, uniform magnitude),
+    ``augmix-m5-w3``, or an AutoAugment policy (``original``, ``v0``, ``3a``). Fill colour: ``mean``; translations
+    up to 45 % of ``img_size``. A string timm cannot read is a ``ValueError`` naming it."""
+    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+    try:
+        if config.startswith("rand"):
+            return auto_augment.rand_augment_transform(config, hparams)
+        if config.startswith("augmix"):
+            return auto_augment.augment_and_mix_transform(config, hparams)
+        return auto_augment.auto_augment_transform(config, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError) as err:
+        raise ValueError(f"auto_augment={config!r} is not a timm augmentation string (e.g. 'rand-m9-mstd0.5-inc1', "
+                         f"'rand-n1-m10-mstd101', 'augmix-m5-w3', 'original'): {err}") from None
+
+
 def resize(size: int | tuple[int, int], interpolation: str) -> v2.Resize:
     """Resize with timm's interpolation name; ``size`` an int resizes the short side."""
     return v2.Resize(size, interpolation=v2.InterpolationMode(interpolation), antialias=True)
@@ -52,11 +69,13 @@ def small_image_transform(
     crop_pct: float = 1.0,
     crop_padding: int = 4,
     random_erasing: float = 0.0,
+    auto_augment: str | None = None,
+    native_mean: tuple[float, ...] = (0.5,),
 ) -> v2.Compose:
     """Transform for one uint8 image tensor ``(C, H, W)`` of a small-image data set (Fashion-MNIST, CIFAR).
 
-    Train: random crop with zero padding + horizontal flip at the native size, channel conversion, to float in
-    [0, 1], resize to ``img_size`` if it differs, normalise.
+    Train: random crop with zero padding + horizontal flip at the native size, timm's ``auto_augment`` (RandAugment,
+    on the PIL image), channel conversion, to float in [0, 1], resize to ``img_size`` if it differs, normalise.
     Eval: the same without the random steps; with ``crop_pct`` < 1 the resize goes to ``img_size / crop_pct``
     and the centre ``img_size`` is kept, as timm's eval transform.
 
@@ -72,6 +91,8 @@ def small_image_transform(
         crop_pct: Eval only: fraction of the resized image kept by the centre crop, in (0, 1].
         crop_padding: Zero padding of the random crop; 0 disables the crop.
         random_erasing: Train only: probability of timm's ``RandomErasing`` (mode "pixel"), after normalising.
+        auto_augment: Train only: a timm augmentation string (:func:`auto_augment_transform`); None = off.
+        native_mean: Mean of the stored channels: the fill colour of auto_augment's geometric ops.
 
     Returns:
         A transform mapping ``(native_chans, S, S)`` uint8 to ``(in_chans, img_size, img_size)`` float32.
@@ -81,6 +102,9 @@ def small_image_transform(
         if crop_padding > 0:
             steps.append(v2.RandomCrop(native_size, padding=crop_padding))
         steps.append(v2.RandomHorizontalFlip())
+        if auto_augment:
+            steps += [v2.ToPILImage(), auto_augment_transform(auto_augment, native_size, native_mean),
+                      v2.PILToTensor()]
     steps += [channel_transform(native_chans, in_chans), v2.ToDtype(torch.float32, scale=True)]
     if not train and crop_pct < 1:
         steps += [resize(scale_size(img_size, crop_pct), interpolation), v2.CenterCrop(img_size)]
