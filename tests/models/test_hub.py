@@ -203,7 +203,7 @@ def tested_run(tmp_path_factory, fashion_mnist_available):
     runs = tmp_path_factory.mktemp("runs")
     common = [*fashion_mnist_data(train=128, evaluate=64), *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs),
               "--run_name", "fm", "--trainer.enable_progress_bar", "false"]
-    assert cli.main(["fit", *common, "--model.preset", "vit_micro_patch4_28", "--model.patch_size", "7",
+    assert cli.main(["fit", *common, "--model.preset", "vit_micro_patch4_28", "--model.arch.patch_size", "7",
                      "--trainer.max_epochs", "1"]) == 0
     ckpt = runs / "fm" / "version_0" / "checkpoints" / "last.ckpt"
     assert cli.main(["test", "-c", str(runs / "fm" / "version_0" / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
@@ -213,7 +213,7 @@ def tested_run(tmp_path_factory, fashion_mnist_available):
 
 
 def test_export_hub_command_end_to_end(tested_run, tmp_path, capsys):
-    from vitlab.tools.onnx_export import load_checkpoint_model
+    from vitlab.models.checkpoint import load_checkpoint
 
     ckpt, test_metrics = tested_run
     out = tmp_path / "hub"
@@ -233,7 +233,7 @@ def test_export_hub_command_end_to_end(tested_run, tmp_path, capsys):
         assert "Data config: stored in the checkpoint" in card
     if stored.get("class_names"):
         assert config["label_names"] == stored["class_names"]
-    trained = load_checkpoint_model(ckpt)  # the checkpoint as vitlab's other tools read it
+    trained = load_checkpoint(ckpt).model  # the checkpoint as vitlab's other tools read it
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         by_timm = timm.create_model(f"local-dir:{out}", pretrained=True)

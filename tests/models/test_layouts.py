@@ -129,10 +129,10 @@ def test_overrides_beat_the_checkpoint(tmp_path):
 def test_source_is_read_once(tmp_path, monkeypatch):
     ref = _timm("vit_small_patch16_224", **TINY)
     path = _save(ref, tmp_path / "w.safetensors")
-    import vitlab.models.pretrained as pretrained
+    from vitlab.models.pretrained import sources
     calls = []
-    original = pretrained._load
-    monkeypatch.setattr(pretrained, "_load", lambda p: calls.append(p) or original(p))
+    original = sources._load
+    monkeypatch.setattr(sources, "_load", lambda p: calls.append(p) or original(p))
     create_pretrained(None, path, num_heads=3)
     assert len(calls) == 1
 

@@ -137,8 +137,8 @@ def test_export_refuses_conv_tokenizer(tmp_path):
 def test_older_checkpoints_and_folders_with_flat_tokenizer_fields(tmp_path):
     """Written before tokenizers had their own options: stem_channels / cct_layers / cct_kernel as flat fields."""
     from vitlab.models.pretrained import upgrade_config_fields
-    from vitlab.tools.attention import load_checkpoint
-    from vitlab.tools.onnx_export import load_checkpoint_model
+    from vitlab.models.checkpoint import load_checkpoint
+    from vitlab.tools import attention
 
     torch.manual_seed(0)
     model = vitlab.create_model("cct_micro_28", depth=1, tokenizer_options={"layers": 3, "kernel": 5}).eval()
@@ -150,8 +150,8 @@ def test_older_checkpoints_and_folders_with_flat_tokenizer_fields(tmp_path):
                ckpt)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        for loaded in (vitlab.create_model(pretrained=str(ckpt)), load_checkpoint(ckpt)[0],
-                       load_checkpoint_model(ckpt)):
+        for loaded in (vitlab.create_model(pretrained=str(ckpt)), attention.load_checkpoint(ckpt)[0],
+                       load_checkpoint(ckpt).model):
             assert loaded.cfg.tokenizer_options == {"layers": 3, "kernel": 5, "mid_channels": 64}
             assert torch.equal(loaded.eval()(x), model(x))
     # a hub folder's vitlab_config of then: all three fields for every tokenizer; those of another one are dropped
@@ -162,7 +162,7 @@ def test_older_checkpoints_and_folders_with_flat_tokenizer_fields(tmp_path):
         {"tokenizer": "patch"}
     # today's names for them: a one-line error naming the new key
     with pytest.raises(ValueError, match=r"^cct_layers was renamed: use tokenizer_options=\{'layers': 3\} "
-                                         r"\(YAML: model.tokenizer_options: \{layers: 3\}\)$"):
+                                         r"\(YAML: model.arch.tokenizer_options: \{layers: 3\}\)$"):
         vitlab.create_model("cct_micro_28", cct_layers=3)
     with pytest.raises(ValueError, match=r"stem_channels was renamed: .*\{channels: \[8, 16\]\}"):
         timm.create_model("vitlab_vit_micro_conv4_28", stem_channels=(8, 16))

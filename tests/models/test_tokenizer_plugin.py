@@ -139,7 +139,8 @@ def test_compare_runs_the_toy_tokenizer(tmp_path):
 
 
 def test_attention_maps(tmp_path, capsys):
-    from vitlab.tools.attention import main, pixel_relevance, receptive_field_geometry, to_pixels
+    from vitlab.interpret import pixel_relevance, receptive_field_geometry, to_pixels
+    from vitlab.tools.attention import main
 
     model = toy_model()
     assert receptive_field_geometry(model.patch_embed) == (4, 4, 0)

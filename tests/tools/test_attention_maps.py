@@ -8,10 +8,8 @@ from torch import nn
 
 import vitlab
 from vitlab.models.layers import Attention
-from vitlab.tools.attention import (
+from vitlab.interpret import (
     attention_rollout,
-    load_checkpoint,
-    main,
     pixel_relevance,
     receptive_field_geometry,
     rollout_per_layer,
@@ -19,6 +17,7 @@ from vitlab.tools.attention import (
     to_pixels,
     token_relevance,
 )
+from vitlab.tools.attention import load_checkpoint, main
 
 TINY = dict(embed_dim=16, num_heads=2, mlp_ratio=1.0)  # over the presets: keeps every test fast
 
@@ -274,8 +273,8 @@ def test_checkpoint_of_the_training_module(tmp_path):
     from vitlab.data.stats import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, stats_for_channels
 
     training = pytest.importorskip("vitlab.training.module")
-    module = training.ImageClassifier(preset="vit_micro_patch4_28", depth=1, embed_dim=16, num_heads=2,
-                                      ema_decay=0.9)
+    module = training.ImageClassifier(preset="vit_micro_patch4_28", arch={"depth": 1, "embed_dim": 16, "num_heads": 2},
+                                      regularization={"ema_decay": 0.9})
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
             "datamodule_hyper_parameters": {"_class_path": "vitlab.data.CIFAR10DataModule", "in_chans": 1}}
     torch.save(ckpt, tmp_path / "a.ckpt")

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 import vitlab
-from vitlab.tools.onnx_export import OnnxExportError, export_onnx, load_checkpoint_model, main, verify_onnx
+from vitlab.models.checkpoint import load_checkpoint
+from vitlab.tools.onnx_export import OnnxExportError, export_onnx, main, verify_onnx
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -38,13 +39,13 @@ def test_checkpoint_cli_round_trip(tmp_path, capsys):
                                      "base_lr": 5e-4}, "state_dict": state}, ckpt)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(load_checkpoint_model(ckpt)(x), ema.eval()(x))  # EMA weights by default
-        assert torch.equal(load_checkpoint_model(ckpt, ema=False)(x), model.eval()(x))
+        assert torch.equal(load_checkpoint(ckpt).model(x), ema.eval()(x))  # EMA weights by default
+        assert torch.equal(load_checkpoint(ckpt, ema=False).model(x), model.eval()(x))
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 0
     assert "onnxruntime matches eager" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not a Lightning checkpoint"):
         torch.save(model.state_dict(), tmp_path / "w.ckpt")
-        load_checkpoint_model(tmp_path / "w.ckpt")
+        load_checkpoint(tmp_path / "w.ckpt")
 
 
 class FixedWidth(nn.Module):

@@ -1,4 +1,4 @@
-"""Models: tokenizers, encoder layers, the VisionTransformer, presets, pretrained loading, FLOPs."""
+"""Models: tokenizers, encoder layers, the VisionTransformer, presets, pretrained and checkpoint loading, FLOPs."""
 from .config import ViTConfig
 from .registry import PRESETS, create_model, get_config, list_models
 from .tokenizers import Tokenizer, list_tokenizers, register_tokenizer

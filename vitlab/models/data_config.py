@@ -82,13 +82,10 @@ def _from_hub_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
+    """A vitlab .ckpt, its tensors memory-mapped (only its data_config and class_names are read)."""
+    from .checkpoint import read_checkpoint
 
-    try:
-        ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    except Exception as err:  # never retried with weights_only=False
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {reason}") from None
+    ckpt = read_checkpoint(path, mmap=True)
     return ckpt if isinstance(ckpt, dict) else {}
 
 

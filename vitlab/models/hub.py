@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import TRAINING_FIELDS
 from .config import ViTConfig
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -30,7 +31,6 @@ DEFAULT_DATA_CONFIG = {"interpolation": "bicubic", "crop_pct": 1.0}  # mean/std 
 # a preset per tokenizer for the architecture name when the model's own is not known (model_args set every field,
 # so any preset builds a plug-in tokenizer's model too)
 TOKENIZER_PRESETS = {"patch": "vit_micro_patch4_28", "conv": "vit_micro_conv4_28", "cct": "cct_micro_28"}
-TRAINING_ONLY = ("drop_rate", "attn_drop_rate", "drop_path_rate", "grad_checkpointing")
 
 
 # ----------------------------------------------------------------------------------------------- config.json
@@ -61,7 +61,7 @@ def hub_config(model: nn.Module, *, data_config: Optional[Mapping[str, Any]] = N
         model_args, arch, fixed = timm_model_args(cfg), TIMM_ARCH, True
         model_args["img_size"] = [H, W] if H != W else H
     except ValueError:  # conv/CCT tokenizer or sequence pooling: vitlab's own architecture
-        model_args = {k: v for k, v in cfg.to_dict().items() if k not in TRAINING_ONLY}
+        model_args = {k: v for k, v in cfg.to_dict().items() if k not in TRAINING_FIELDS}
         preset = preset if preset in PRESETS else TOKENIZER_PRESETS.get(cfg.tokenizer, TOKENIZER_PRESETS["patch"])
         arch, fixed = f"vitlab_{preset}", False
     pretrained_cfg = {

@@ -17,8 +17,9 @@ from typing import Any, Optional
 
 import yaml
 
+from vitlab.models.checkpoint import TRAINING_FIELDS, load_checkpoint
+from vitlab.models.config import ViTConfig
 from vitlab.models.hub import push_to_hub, save_hub_folder
-from vitlab.models.pretrained import create_pretrained, read_source
 
 
 def _preset_data_config(preset: Optional[str]) -> Optional[dict[str, Any]]:
@@ -78,13 +79,11 @@ def export(ckpt: str | Path, out: str | Path, *, overwrite: bool = False, ema: b
         raise ValueError(f"checkpoint {str(ckpt)!r} does not exist")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace its files")
-    source = read_source(ckpt, ema=ema)  # torch.load(weights_only=True): nothing in the file runs
-    if not source.config:
-        raise ValueError(f"{ckpt} has no vitlab hyper_parameters: not a checkpoint written by `vitlab fit`")
-    model = create_pretrained(None, source).eval()
-    preset = source.meta.get("preset")
+    # torch.load(weights_only=True): nothing in the file runs; the training-only fields (dropout, ...) at defaults
+    loaded = load_checkpoint(ckpt, ema=ema, overrides={k: getattr(ViTConfig(), k) for k in TRAINING_FIELDS})
+    model, preset = loaded.model, loaded.preset
     notes = []
-    data_config = source.meta.get("data_config")
+    data_config = loaded.data_config
     if data_config:
         notes.append("Data config: stored in the checkpoint (what training and test used).")
     elif (data_config := _preset_data_config(preset)) is not None:
@@ -96,7 +95,7 @@ def export(ckpt: str | Path, out: str | Path, *, overwrite: bool = False, ema: b
         from vitlab.data.stats import stats_for_channels
         mean, std = stats_for_channels(tuple(data_config["mean"]), tuple(data_config["std"]), C)
         data_config = {**data_config, "mean": list(mean), "std": list(std)}
-    class_names = source.meta.get("class_names")
+    class_names = loaded.class_names
     if not class_names:
         notes.append("Class names: the checkpoint stores none.")
     metrics, test_run = find_test_metrics(ckpt)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from torch import nn
 
-from vitlab.models.config import ViTConfig, merge_fields
-from vitlab.models.pretrained import upgrade_config_fields
-from vitlab.models.registry import create_model, get_config
+from vitlab.models.checkpoint import load_checkpoint
+from vitlab.models.config import ViTConfig
+from vitlab.models.overrides import add_set_argument, parse_overrides
+from vitlab.models.registry import create_model
 from vitlab.models.vit import VisionTransformer
 
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
@@ -190,56 +190,12 @@ def add_metadata(path: str | Path, data_config: dict[str, Any] | None, class_nam
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["embed_dim=128", "tokenizer=conv", "tokenizer_options={channels: [24, 48]}"]`` -> config overrides (YAML
-    values)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_checkpoint_model(path: str | Path, overrides: dict[str, Any] | None = None,
-                          ema: bool = True) -> VisionTransformer:
-    """The model of a Lightning ``.ckpt`` written by ``ImageClassifier``: architecture from its
-    ``hyper_parameters`` (preset + ViTConfig fields), weights from ``state_dict`` (the EMA copy when there is one
-    and ``ema``). Read with ``torch.load(weights_only=True)``: nothing in the file is executed."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read {path} as a checkpoint with torch.load(weights_only=True): "
-                         f"{(str(err).splitlines() or [''])[0]}") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path} has no hyper_parameters/state_dict: it is not a Lightning checkpoint; pass "
-                         f"--model PRESET [--set k=v] --weights {path} instead")
-    fields = {k: v for k, v in upgrade_config_fields(hp, hp.get("preset")).items()
-              if k in ViTConfig.field_names() and v is not None}
-    cfg = get_config(hp.get("preset"), **merge_fields(fields, overrides or {}))
-    model = VisionTransformer(cfg)
-    state = ckpt["state_dict"]
-    prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "model."
-    weights = _strip(state, prefix)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights under {prefix!r} do not fit the model of its hyper_parameters: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
-
-
 def build_model(checkpoint: str | None = None, model: str | None = None, overrides: dict[str, Any] | None = None,
                 weights: str | None = None, ema: bool = True) -> VisionTransformer:
     """A model from a Lightning checkpoint, or from a preset + overrides (+ a weights file)."""
     if checkpoint:
-        if Path(checkpoint).suffix == ".ckpt":
-            return load_checkpoint_model(checkpoint, overrides, ema=ema)
+        if Path(checkpoint).suffix == ".ckpt":  # architecture and weights from the checkpoint
+            return load_checkpoint(checkpoint, ema=ema, overrides=overrides).model
         weights = weights or checkpoint  # a plain weights file: the architecture comes from --model/--set
     return create_model(model, pretrained=weights, **(overrides or {})).eval()
 
@@ -252,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="Lightning .ckpt of `vitlab fit` (architecture from its "
                      "hyper_parameters), or a weights file (.safetensors/.pth) for --model")
     src.add_argument("--model", help="preset name (vitlab.list_models())")
-    src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ViTConfig override")
+    add_set_argument(src)
     src.add_argument("--weights", help="weights file or folder for --model (see vitlab.models.pretrained)")
     src.add_argument("--no-ema", action="store_true", help="export the trained weights, not the EMA copy")
     p.add_argument("--out", required=True, help="output .onnx file")
