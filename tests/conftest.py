@@ -15,8 +15,8 @@ from data_files import save_image  # noqa: E402
 FASHION_MNIST_DIR = os.environ.get("VITLAB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 # A model small enough for a shared 2-core CPU: 2 blocks of width 32 on a 4x4 grid of 7x7 patches (28 px).
-TINY_MODEL = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",
-              "--model.mlp_ratio", "2", "--model.warmup_epochs", "0.5"]
+TINY_MODEL = ["--model.arch.embed_dim", "32", "--model.arch.depth", "2", "--model.arch.num_heads", "2",
+              "--model.arch.mlp_ratio", "2", "--model.schedule.warmup_epochs", "0.5"]
 CPU_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
                "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false",
                "--seed_everything", "0"]

@@ -59,14 +59,15 @@ def read_predictions(path: Path) -> list[dict[str, str]]:
 def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_available, capsys):
     runs = tmp_path / "runs"
     common = [*fashion_mnist_data(), *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs), "--run_name", "fm"]
-    assert cli.main(["fit", *common, "--model.patch_size", "7", "--trainer.max_epochs", "2"]) == 0
+    assert cli.main(["fit", *common, "--model.arch.patch_size", "7", "--trainer.max_epochs", "2"]) == 0
     fit_dir = run_folder(runs, "fm")
     best = check_fit_run(fit_dir, num_epochs=2)
     config = fit_dir / "config.yaml"
     text = config.read_text()
     assert "patch_size: 7" in text and "class_path: vitlab.data.FashionMNISTDataModule" in text
     hparams = torch.load(fit_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
-    assert (hparams["num_classes"], hparams["in_chans"], hparams["img_size"]) == (10, 1, 28)  # linked from data
+    arch = hparams["arch"]
+    assert (arch["num_classes"], arch["in_chans"], arch["img_size"]) == (10, 1, 28)  # linked from data
     val_acc = last_value(fit_dir, "val/acc1")
 
     # validate the last checkpoint from the saved config: the same val/acc1 as logged at the end of fit
@@ -84,7 +85,7 @@ def test_fashion_mnist_fit_validate_test_predict(tmp_path, fashion_mnist_availab
     assert "test/loss" in metrics
     # an evaluation setting on the command line wins over the checkpoint's hyperparameters (Lightning's CLI
     # would otherwise restore tta="none" from the checkpoint)
-    assert cli.main(["test", "-c", str(config), "--ckpt_path", "best", "--model.tta", "flip"]) == 0
+    assert cli.main(["test", "-c", str(config), "--ckpt_path", "best", "--model.evaluation.tta", "flip"]) == 0
     flip_dir = run_folder(runs, "fm")
     assert flip_dir == fit_dir / "test_1"  # a second test of the run: a new folder, the first one kept
     assert "tta: flip" in (flip_dir / "config.yaml").read_text()
@@ -115,7 +116,7 @@ def test_cifar10_files_cycle(tmp_path, cifar_root):
     data = ["--data", "CIFAR10DataModule", "--data.data_dir", str(cifar_root), "--data.batch_size", "16",
             "--data.num_workers", "0", "--data.val_split", "16"]
     common = [*data, *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs), "--run_name", "c10"]
-    assert cli.main(["fit", *common, "--model.patch_size", "8", "--model.tokenizer", "conv",
+    assert cli.main(["fit", *common, "--model.arch.patch_size", "8", "--model.arch.tokenizer", "conv",
                      "--trainer.max_epochs", "1"]) == 0
     fit_dir = run_folder(runs, "c10")
     best = check_fit_run(fit_dir, num_epochs=1)
@@ -138,8 +139,8 @@ def test_image_folder_cycle(tmp_path, image_folder_root):
     data = ["--data", "ImageFolderDataModule", "--data.data_dir", str(image_folder_root), "--data.img_size", "32",
             "--data.batch_size", "8", "--data.num_workers", "0"]
     common = [*data, *TINY_MODEL, *CPU_TRAINER, "--runs_dir", str(runs), "--run_name", "tree"]
-    assert cli.main(["fit", *common, "--model.tokenizer", "cct", "--model.pool", "seq",
-                     "--model.tokenizer_options", "{layers: 2}",
+    assert cli.main(["fit", *common, "--model.arch.tokenizer", "cct", "--model.arch.pool", "seq",
+                     "--model.arch.tokenizer_options", "{layers: 2}",
                      "--trainer.max_epochs", "1"]) == 0
     fit_dir = run_folder(runs, "tree")
     best = check_fit_run(fit_dir, num_epochs=1)
@@ -174,8 +175,8 @@ def test_unknown_key_in_config_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key, value, named", [
-    ("model.tokenizer", "bogus", "unknown tokenizer 'bogus'; choose one of ['patch', 'conv', 'cct'"),  # registered
-    ("model.preset", "vit_huge", "model.preset"), ("model.pool", "max", "model.pool")])
+    ("model.arch.tokenizer", "bogus", "unknown tokenizer 'bogus'; choose one of ['patch', 'conv', 'cct'"),  # registered
+    ("model.preset", "vit_huge", "model.preset"), ("model.arch.pool", "max", "model.arch.pool")])
 def test_bad_choice_names_the_value(capsys, key, value, named):
     err = one_line_error(capsys, ["fit", "--data", "FashionMNISTDataModule", f"--{key}", value])
     assert value in err and named in err
@@ -210,8 +211,8 @@ def test_ddp_two_cpu_processes_log_metrics_over_both(tmp_path, fashion_mnist_ava
     runs = tmp_path / "runs"
     common = [*fashion_mnist_data(batch_size=16, train=128, evaluate=96), *TINY_MODEL, *CPU_TRAINER,
               "--data.on_device", str(on_device).lower(),
-              "--model.patch_size", "7", "--model.base_lr", "0.01", "--model.warmup_epochs", "0",
-              "--model.min_lr", "0", "--runs_dir", str(runs), "--run_name", "ddp"]
+              "--model.arch.patch_size", "7", "--model.optim.base_lr", "0.01", "--model.schedule.warmup_epochs", "0",
+              "--model.schedule.min_lr", "0", "--runs_dir", str(runs), "--run_name", "ddp"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1",
            "--trainer.enable_progress_bar", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -254,7 +255,7 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_and_trains_in_fp32(tmp_path, fas
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
     runs = tmp_path / "runs"
     args = ["fit", *fashion_mnist_data(batch_size=8, train=16, evaluate=8), *TINY_MODEL, *CPU_TRAINER,
-            "--model.patch_size", "7", "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
+            "--model.arch.patch_size", "7", "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
             "--runs_dir", str(runs), "--run_name", "p"]
     with pytest.warns(UserWarning, match=r"trainer.precision=bf16-mixed asked on the CPU, but this CPU \(.*\) has "
                                          r"no bf16 units: training in fp32 \(32-true\) instead"):
@@ -279,7 +280,7 @@ def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path, fashion_mni
     instead of Lightning refusing the ModelCheckpoint that vitlab adds."""
     runs = tmp_path / "runs"
     args = ["fit", *fashion_mnist_data(batch_size=8, train=16, evaluate=8), *TINY_MODEL, *CPU_TRAINER,
-            "--model.patch_size", "7", "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false",
+            "--model.arch.patch_size", "7", "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false",
             "--runs_dir", str(runs), "--run_name", "nockpt"]
     assert cli.main(args) == 0
     folder = run_folder(runs, "nockpt")

@@ -62,11 +62,16 @@ def test_config_parses_with_print_config(rel, capsys):
             for key, value in values.items():
                 if not isinstance(value, dict):
                     assert printed[group][key] == value, f"{group}.{key}"
+                elif group == "model":  # a settings group (model.arch, model.optim, ...): each field it sets
+                    for name, field_value in value.items():
+                        assert printed[group][key][name] == field_value, f"{group}.{key}.{name}"
 
 
 @pytest.mark.parametrize("rel", [r for r in ALL_YAML if r.startswith("model/")])
 def test_model_config_builds_with_its_data_shapes(rel):
-    model = ImageClassifier(**load(rel)["model"], **data_for(rel)[1])
+    kwargs = dict(load(rel)["model"])
+    kwargs["arch"] = {**(kwargs.get("arch") or {}), **data_for(rel)[1]}  # the shapes the CLI links from the data
+    model = ImageClassifier(**kwargs)
     assert model.cfg.num_classes == data_for(rel)[1]["num_classes"]
 
 

@@ -34,16 +34,16 @@ def one_line_error(capsys, args) -> str:
 
 @pytest.mark.parametrize("args, named", [
     (["--data.batch_size", "abc"], ["data.batch_size", "abc"]),
-    (["--model.base_lr", "fast"], ["model.base_lr", "fast"]),
+    (["--model.optim.base_lr", "fast"], ["model.optim.base_lr", "fast"]),
     (["--trainer.max_epochs", "1.5"], ["trainer.max_epochs", "1.5"]),
-    (["--model.embed_dim", "32.5"], ["model.embed_dim", "32.5"]),
+    (["--model.arch.embed_dim", "32.5"], ["model.arch.embed_dim", "32.5"]),
     (["--model.nonfinite", "maybe"], ["model.nonfinite", "maybe"]),
     (["--data.batch_size", "0"], ["batch_size", "0"]),
-    (["--model.base_lr", "-1"], ["base_lr", "-1"]),
-    (["--model.drop_path_rate", "1.5"], ["drop_path_rate", "1.5"]),
+    (["--model.optim.base_lr", "-1"], ["optim.base_lr", "-1"]),
+    (["--model.arch.drop_path_rate", "1.5"], ["drop_path_rate", "1.5"]),
     (["--data.val_split", "2.5"], ["val_split", "2.5"]),
     (["--last_every_n_steps", "0"], ["last_every_n_steps", "0"]),
-    (["--model.num_classes", "5"], ["model.num_classes", "data.num_classes"]),  # linked: the data decides
+    (["--model.arch.num_classes", "5"], ["model.arch.num_classes", "data.num_classes"]),  # linked: the data decides
 ])
 def test_config_value_of_wrong_type_or_out_of_range_is_one_line(capsys, args, named):
     line = one_line_error(capsys, ["fit", *FIT, *args])
@@ -88,7 +88,7 @@ def test_batch_larger_than_the_data_set_and_class_count_differing_from_the_check
     data loses a class: testing the 3-class checkpoint on it is one line naming both counts."""
     runs = str(tmp_path / "runs")
     common = ["--data", "ImageFolderDataModule", "--data.data_dir", str(image_folder_root), "--data.img_size", "28",
-              "--data.num_workers", "0", *TINY_MODEL, "--model.patch_size", "7", *CPU_TRAINER,
+              "--data.num_workers", "0", *TINY_MODEL, "--model.arch.patch_size", "7", *CPU_TRAINER,
               "--trainer.enable_progress_bar", "false", "--runs_dir", runs, "--run_name", "tree"]
     with pytest.warns(UserWarning, match="batch_size=64 exceeds the 24 training samples: each epoch is one batch"):
         cli.main(["fit", *common, "--data.batch_size", "64", "--trainer.max_epochs", "2"])

@@ -13,7 +13,7 @@ from vitlab.training.module import ImageClassifier
 
 # 64 images / 16 = 4 steps an epoch; the best checkpoint of epoch 0 exists when step 6 (epoch 1) goes wrong
 RUN = ["fit", *fashion_mnist_data(batch_size=16, train=64, evaluate=32), *TINY_MODEL, *CPU_TRAINER,
-       "--model.patch_size", "7", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+       "--model.arch.patch_size", "7", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
        "--trainer.num_sanity_val_steps", "0", "--run_name", "nan"]
 BAD_STEP = 6
 

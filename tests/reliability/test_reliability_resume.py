@@ -18,8 +18,8 @@ HERE = Path(__file__).parent
 # 256 images / 32 = 8 steps an epoch, 2 epochs; dropout-like drop path, mixup (numpy) and augmentation (torch)
 # all draw random numbers, so a resume that lost any random state would differ
 RUN = ["fit", *fashion_mnist_data(batch_size=32, train=256, evaluate=64), *TINY_MODEL, *CPU_TRAINER,
-       "--data.augment", "true", "--model.patch_size", "7", "--model.drop_path_rate", "0.1",
-       "--model.mixup", "0.5", "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
+       "--data.augment", "true", "--model.arch.patch_size", "7", "--model.arch.drop_path_rate", "0.1",
+       "--model.regularization.mixup", "0.5", "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
        "--trainer.enable_progress_bar", "false", "--last_every_n_steps", "3", "--run_name", "r"]
 
 

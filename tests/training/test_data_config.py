@@ -23,8 +23,8 @@ from vitlab.data.stats import FASHION_MNIST_CLASSES
 from vitlab.models.data_config import class_names_of, data_config_of, follow_weights
 
 ARCH = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, num_classes=10)
-TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--model.mlp_ratio", "2",
-        "--model.patch_size", "7", "--model.warmup_epochs", "0"]
+TINY = ["--model.arch.embed_dim", "32", "--model.arch.depth", "2", "--model.arch.num_heads", "2", "--model.arch.mlp_ratio", "2",
+        "--model.arch.patch_size", "7", "--model.schedule.warmup_epochs", "0"]
 TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
            "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0", "--seed_everything", "0"]

@@ -16,6 +16,11 @@ from vitlab.models.flops import forward_macs
 from vitlab.training import ImageClassifier
 
 
+# the model of TINY_MODEL with 7x7 patches on Fashion-MNIST (the shapes the CLI links from the data)
+TINY_ARCH = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
+                 num_classes=10)
+
+
 def newest(folder):
     return latest_run_folder(folder)
 
@@ -23,21 +28,19 @@ def newest(folder):
 def test_throughput_logged_during_training(tmp_path, fashion_mnist_available):
     runs = tmp_path / "runs"
     assert cli.main(["fit", *fashion_mnist_data(batch_size=16, train=128, evaluate=32), *TINY_MODEL, *CPU_TRAINER,
-                     "--model.patch_size", "7", "--trainer.max_epochs", "1", "--runs_dir", str(runs),
+                     "--model.arch.patch_size", "7", "--trainer.max_epochs", "1", "--runs_dir", str(runs),
                      "--run_name", "tp", "--trainer.enable_progress_bar", "false"]) == 0
     with open(newest(runs / "tp") / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/device/samples_per_sec")]
     assert len(rows) >= 5  # every logging step after the first (log_every_n_steps 1, 8 steps)
     ips = float(rows[-1]["train/device/samples_per_sec"])
     flops = float(rows[-1]["train/device/flops_per_sec"])
-    module = ImageClassifier(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28,
-                             in_chans=1, num_classes=10)
+    module = ImageClassifier(arch=TINY_ARCH)
     assert ips > 0 and flops == pytest.approx(ips * 6 * forward_macs(module.cfg), rel=1e-6)
 
 
 def test_model_summary_counts_flops():
-    module = ImageClassifier(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28,
-                             in_chans=1, num_classes=10)
+    module = ImageClassifier(arch=TINY_ARCH)
     measured = ModelSummary(module, max_depth=1).total_flops  # Lightning's FLOP counter on example_input_array
     analytic = 2 * forward_macs(module.cfg)
     assert 0.8 * analytic < measured < 1.5 * analytic, (measured, analytic)
@@ -46,7 +49,7 @@ def test_model_summary_counts_flops():
 def test_two_ddp_processes_write_predictions_in_file_order(tmp_path, fashion_mnist_available):
     runs = tmp_path / "runs"
     common = [*fashion_mnist_data(batch_size=4, train=64, evaluate=16), *TINY_MODEL, *CPU_TRAINER,
-              "--model.patch_size", "7", "--runs_dir", str(runs), "--run_name", "pred",
+              "--model.arch.patch_size", "7", "--runs_dir", str(runs), "--run_name", "pred",
               "--trainer.enable_progress_bar", "false"]
     assert cli.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
     ckpt = newest(runs / "pred") / "checkpoints" / "last.ckpt"
@@ -84,7 +87,7 @@ def test_checkpoints_to_a_remote_url_and_resume_from_it(tmp_path, fashion_mnist_
     fs = fsspec.filesystem("memory")
     runs = tmp_path / "runs"
     common = [*fashion_mnist_data(batch_size=16, train=64, evaluate=32), *TINY_MODEL, *CPU_TRAINER,
-              "--model.patch_size", "7", "--runs_dir", str(runs), "--run_name", "remote",
+              "--model.arch.patch_size", "7", "--runs_dir", str(runs), "--run_name", "remote",
               "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", "memory://vitlab-test/ckpts"]
     assert cli.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
     files = fs.ls("/vitlab-test/ckpts", detail=False)

@@ -12,8 +12,15 @@ from vitlab.models.layers import Attention
 from vitlab.training import ImageClassifier
 from vitlab.training.finetune import layer_id
 
-TINY = dict(embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
-            num_classes=10, base_lr=0.05, warmup_epochs=0.0)
+ARCH = dict(embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
+            num_classes=10)
+CONV = {**ARCH, "tokenizer": "conv", "patch_size": 4}
+
+
+def tiny(arch: dict = ARCH, optim: dict | None = None, **groups) -> ImageClassifier:
+    """A tiny model at base_lr 0.05 without warmup; ``optim`` fields on top, the other groups as given."""
+    return ImageClassifier(arch=arch, optim={"base_lr": 0.05, **(optim or {})}, schedule={"warmup_epochs": 0.0},
+                           **groups)
 
 
 def fit(model: ImageClassifier, tmp_path, **trainer_kwargs) -> dict[str, torch.Tensor]:
@@ -33,7 +40,7 @@ def changed(model: ImageClassifier, before: dict[str, torch.Tensor]) -> set[str]
 
 
 def test_layer_decay_groups_scale_lr_by_depth(tmp_path):
-    model = ImageClassifier(**TINY, layer_decay=0.5)
+    model = tiny(finetune={"layer_decay": 0.5})
     fit(model, tmp_path, max_steps=1)
     opt = model.trainer.optimizers[0]
     peak = model.lr
@@ -52,16 +59,16 @@ def test_layer_decay_groups_scale_lr_by_depth(tmp_path):
 
 
 def test_linear_probe_trains_only_the_head(tmp_path):
-    model = ImageClassifier(**TINY, freeze="backbone")
+    model = tiny(finetune={"freeze": "backbone"})
     before = fit(model, tmp_path, max_steps=3)
     assert changed(model, before) == {"head.weight", "head.bias"}
 
 
 def test_gradual_unfreezing_one_block_per_epoch(tmp_path):
-    model = ImageClassifier(**TINY, unfreeze_every_epochs=1.0)
+    model = tiny(finetune={"unfreeze_every_epochs": 1.0})
     before = fit(model, tmp_path, max_epochs=1)  # epoch 0: head, final norm only
     assert {n.split(".")[0] for n in changed(model, before)} == {"head", "norm"}
-    model2 = ImageClassifier(**TINY, unfreeze_every_epochs=1.0)
+    model2 = tiny(finetune={"unfreeze_every_epochs": 1.0})
     model2.model.load_state_dict(model.model.state_dict())
     before = fit(model2, tmp_path, max_epochs=2)  # epoch 1 unfreezes the last block
     blocks = {n.split(".")[1] for n in changed(model2, before) if n.startswith("blocks.")}
@@ -70,29 +77,27 @@ def test_gradual_unfreezing_one_block_per_epoch(tmp_path):
 
 
 def test_tokenizer_warmup_then_everything(tmp_path):
-    conv = {**TINY, "tokenizer": "conv", "patch_size": 4}
-    model = ImageClassifier(**conv, tokenizer_warmup_steps=2)
+    model = tiny(CONV, finetune={"tokenizer_warmup_steps": 2})
     before = fit(model, tmp_path, max_steps=2)
     assert {layer_id(n, 3) for n in changed(model, before)} == {0}  # tokenizer, positions, class token
-    model2 = ImageClassifier(**conv, tokenizer_warmup_steps=1)
+    model2 = tiny(CONV, finetune={"tokenizer_warmup_steps": 1})
     before = fit(model2, tmp_path, max_steps=3)
     assert "blocks.0.attn.qkv.weight" in changed(model2, before) and "head.weight" in changed(model2, before)
 
 
 def test_bad_finetune_values():
-    with pytest.raises(ValueError, match="freeze must be 'none' or 'backbone', got 'all'"):
-        ImageClassifier(**TINY, freeze="all")
-    with pytest.raises(ValueError, match="layer_decay"):
-        ImageClassifier(**TINY, layer_decay=0.0)
-    with pytest.raises(ValueError, match="tokenizer_warmup_steps"):
-        ImageClassifier(**TINY, tokenizer_warmup_steps=-1)
+    with pytest.raises(ValueError, match="finetune.freeze must be 'none' or 'backbone', got 'all'"):
+        tiny(finetune={"freeze": "all"})
+    with pytest.raises(ValueError, match="finetune.layer_decay"):
+        tiny(finetune={"layer_decay": 0.0})
+    with pytest.raises(ValueError, match="finetune.tokenizer_warmup_steps"):
+        tiny(finetune={"tokenizer_warmup_steps": -1})
 
 
 def test_compile_and_channels_last_train(tmp_path):
     """The speed options run a real fit: dynamo traces the network (eager backend: no C++ build in the tests) and
     the conv stem trains in channels_last; the state_dict keys stay those of the plain model."""
-    model = ImageClassifier(**{**TINY, "tokenizer": "conv", "patch_size": 4}, compile=True, compile_backend="eager",
-                            channels_last=True)
+    model = tiny(CONV, speed={"compile": True, "compile_backend": "eager", "channels_last": True})
     before = fit(model, tmp_path, max_steps=2)
     assert model.model._compiled_call_impl is not None  # nn.Module.compile: calls go through dynamo
     attention = [m for m in model.model.modules() if isinstance(m, Attention)]
@@ -105,14 +110,14 @@ def test_compile_and_channels_last_train(tmp_path):
 
 @pytest.mark.parametrize("name", ["sgd", "lamb", "lion"])
 def test_timm_optimizers_by_name_with_layer_decay(tmp_path, name):
-    model = ImageClassifier(**TINY, optimizer=name, layer_decay=0.5)
+    model = tiny(optim={"name": name}, finetune={"layer_decay": 0.5})
     before = fit(model, tmp_path, max_steps=2)
     opt = model.trainer.optimizers[0]
     assert type(opt).__name__.lower() == name
-    assert len({g["lr_scale"] for g in opt.param_groups}) == TINY["depth"] + 2  # stem, 3 blocks (+ norm), head
+    assert len({g["lr_scale"] for g in opt.param_groups}) == ARCH["depth"] + 2  # stem, 3 blocks (+ norm), head
     assert "blocks.0.attn.qkv.weight" in changed(model, before)
 
 
 def test_unknown_optimizer_named():
-    with pytest.raises(ValueError, match="optimizer='adamx'"):
-        ImageClassifier(**TINY, optimizer="adamx")
+    with pytest.raises(ValueError, match="optim.name='adamx'"):
+        tiny(optim={"name": "adamx"})

@@ -1,5 +1,6 @@
 """ImageClassifier with real Trainers on tiny data: config vocabulary, weight-decay groups, lr scaling and
 schedule, mixup, EMA in validation, predict_step, bad values."""
+import dataclasses
 import inspect
 import math
 import warnings
@@ -11,15 +12,17 @@ from conftest import FASHION_MNIST_DIR
 
 from vitlab import ViTConfig
 from vitlab.data import FashionMNISTDataModule
+from vitlab.models.config import ViTOverrides
 from vitlab.training import ImageClassifier, warmup_cosine
-from vitlab.training.module import tta_view
+from vitlab.training.tta import tta_view
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=7, img_size=28, in_chans=1,
             num_classes=10)
 
 
-def tiny(**kwargs) -> ImageClassifier:
-    return ImageClassifier(**{**TINY, **kwargs})
+def tiny(arch: dict | None = None, **kwargs) -> ImageClassifier:
+    """The tiny model with ``arch`` fields on top of TINY's and the other groups (``optim={...}``, ...) as given."""
+    return ImageClassifier(arch={**TINY, **(arch or {})}, **kwargs)
 
 
 def data(batch_size: int = 16, train: int = 64, evaluate: int = 32) -> FashionMNISTDataModule:
@@ -36,23 +39,33 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 
 def test_every_config_field_is_an_argument():
     params = set(inspect.signature(ImageClassifier).parameters)
-    assert ViTConfig.field_names() <= params, ViTConfig.field_names() - params
+    assert {"preset", "pretrained", "arch", "optim", "schedule", "regularization", "finetune", "evaluation", "speed",
+            "nonfinite"} <= params
+    arch_fields = {f.name for f in dataclasses.fields(ViTOverrides)}  # model.arch.* takes every ViTConfig field
+    assert ViTConfig.field_names() == arch_fields, ViTConfig.field_names() ^ arch_fields
 
 
 def test_preset_with_overrides():
-    m = ImageClassifier(preset="vit_micro_patch4_28", tokenizer="conv", depth=2)
+    m = ImageClassifier(preset="vit_micro_patch4_28", arch={"tokenizer": "conv", "depth": 2})
     assert (m.cfg.tokenizer, m.cfg.depth, m.cfg.embed_dim, m.cfg.in_chans) == ("conv", 2, 64, 1)
 
 
 @pytest.mark.parametrize("kwargs, named", [
-    (dict(base_lr=0.0), "base_lr"), (dict(base_lr=-1e-3), "base_lr"), (dict(min_lr=-1.0), "min_lr"),
-    (dict(warmup_epochs=-1), "warmup_epochs"), (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(label_smoothing=1.0), "label_smoothing"), (dict(mixup=-0.2), "mixup"), (dict(cutmix=-1), "cutmix"),
-    (dict(ema_decay=1.0), "ema_decay"), (dict(ema_decay=0.0), "ema_decay"), (dict(top_k=0), "top_k"),
-    (dict(base_batch_size=0), "base_batch_size"), (dict(betas=(0.9, 1.5)), "betas"),
-    (dict(tokenizer="bogus"), "bogus"), (dict(num_classes=1), "num_classes"), (dict(preset="nope"), "nope"),
-    (dict(embed_dim=30, num_heads=4), "embed_dim=30"),
-    (dict(compile=True, compile_backend="eager", compile_mode="max-autotune"), "compile_mode='max-autotune'"),
+    (dict(optim=dict(base_lr=0.0)), "optim.base_lr"), (dict(optim=dict(base_lr=-1e-3)), "optim.base_lr"),
+    (dict(schedule=dict(min_lr=-1.0)), "schedule.min_lr"),
+    (dict(schedule=dict(warmup_epochs=-1)), "schedule.warmup_epochs"),
+    (dict(optim=dict(weight_decay=-0.1)), "optim.weight_decay"),
+    (dict(regularization=dict(label_smoothing=1.0)), "regularization.label_smoothing"),
+    (dict(regularization=dict(mixup=-0.2)), "regularization.mixup"),
+    (dict(regularization=dict(cutmix=-1)), "regularization.cutmix"),
+    (dict(regularization=dict(ema_decay=1.0)), "regularization.ema_decay"),
+    (dict(regularization=dict(ema_decay=0.0)), "regularization.ema_decay"),
+    (dict(evaluation=dict(top_k=0)), "evaluation.top_k"),
+    (dict(optim=dict(base_batch_size=0)), "optim.base_batch_size"), (dict(optim=dict(betas=(0.9, 1.5))), "optim.betas"),
+    (dict(arch=dict(tokenizer="bogus")), "bogus"), (dict(arch=dict(num_classes=1)), "num_classes"),
+    (dict(preset="nope"), "nope"), (dict(arch=dict(embed_dim=30, num_heads=4)), "embed_dim=30"),
+    (dict(speed=dict(compile=True, compile_backend="eager", compile_mode="max-autotune")),
+     "speed.compile_mode='max-autotune'"),
 ])
 def test_bad_values_raise_value_error_naming_them(kwargs, named):
     with pytest.raises(ValueError, match=named):
@@ -85,7 +98,7 @@ def test_warmup_cosine_schedule():
 @pytest.mark.parametrize("batch_size, accumulate", [(16, 1), (8, 4)])
 def test_lr_scales_with_global_batch_and_schedule_runs_per_step(tmp_path, fashion_mnist_available, batch_size,
                                                                accumulate):
-    m = tiny(base_lr=1e-3, base_batch_size=64, warmup_epochs=1.0, min_lr=0.0)
+    m = tiny(optim=dict(base_lr=1e-3, base_batch_size=64), schedule=dict(warmup_epochs=1.0, min_lr=0.0))
     t = trainer(tmp_path, max_epochs=2, accumulate_grad_batches=accumulate, limit_val_batches=0)
     t.fit(m, datamodule=data(batch_size=batch_size))
     global_batch = batch_size * accumulate
@@ -100,7 +113,7 @@ def test_lr_scales_with_global_batch_and_schedule_runs_per_step(tmp_path, fashio
 
 
 def test_mixup_cutmix_path_trains(tmp_path, fashion_mnist_available):
-    m = tiny(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    m = tiny(regularization=dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1))
     assert type(m.train_loss).__name__ == "SoftTargetCrossEntropy"
     before = [p.detach().clone() for p in m.model.parameters()]
     t = trainer(tmp_path, limit_train_batches=3, limit_val_batches=2)
@@ -111,7 +124,8 @@ def test_mixup_cutmix_path_trains(tmp_path, fashion_mnist_available):
 
 
 def test_ema_weights_are_used_in_validation(tmp_path, fashion_mnist_available):
-    m = tiny(ema_decay=0.5, base_lr=0.05, base_batch_size=16, warmup_epochs=0)
+    m = tiny(regularization=dict(ema_decay=0.5), optim=dict(base_lr=0.05, base_batch_size=16),
+             schedule=dict(warmup_epochs=0))
     dm = data(batch_size=16)
     t = trainer(tmp_path, max_steps=4, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
@@ -131,25 +145,25 @@ def test_ema_weights_are_used_in_validation(tmp_path, fashion_mnist_available):
 
 
 def test_ema_is_saved_in_checkpoints(tmp_path):
-    m = tiny(ema_decay=0.9)
+    m = tiny(regularization=dict(ema_decay=0.9))
     keys = set(m.state_dict())
     assert "ema.module.head.weight" in keys and "model.head.weight" in keys
 
 
 def test_predict_step_top_k():
-    m = tiny(top_k=3).eval()
+    m = tiny(evaluation=dict(top_k=3)).eval()
     out = m.predict_step((torch.randn(4, 1, 28, 28), torch.tensor([5, 6, 7, 8])), 0)
     assert out["classes"].shape == out["probs"].shape == (4, 3)
     assert torch.equal(out["index"], torch.tensor([5, 6, 7, 8]))
     assert (out["probs"][:, :-1] >= out["probs"][:, 1:]).all() and (out["probs"].sum(-1) <= 1 + 1e-6).all()
     assert m.predict_step(None, 0) is None
-    assert tiny(num_classes=2, top_k=5).predict_step((torch.randn(1, 1, 28, 28), torch.tensor([0])),
+    assert tiny(dict(num_classes=2), evaluation=dict(top_k=5)).predict_step((torch.randn(1, 1, 28, 28), torch.tensor([0])),
                                                      0)["classes"].shape == (1, 2)
 
 
 def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
     torch.manual_seed(0)
-    plain, tta = tiny().eval(), tiny(tta="flip").eval()
+    plain, tta = tiny().eval(), tiny(evaluation=dict(tta="flip")).eval()
     tta.load_state_dict(plain.state_dict())
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -160,8 +174,8 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
         assert not torch.allclose(p, q)  # so the average is not the plain output
         out = tta.predict_step((x, torch.arange(4)), 0)
     torch.testing.assert_close(out["probs"][:, 0], both.exp().max(-1).values)
-    with pytest.raises(ValueError, match=r"tta must be one of \['none', 'flip', 'flip_shift'\], got 'rot90'"):
-        tiny(tta="rot90")
+    with pytest.raises(ValueError, match=r"evaluation.tta must be one of \['none', 'flip', 'flip_shift'\], got 'rot90'"):
+        tiny(evaluation=dict(tta="rot90"))
 
 
 def test_tta_view_shifts_by_one_pixel_and_repeats_the_border():
@@ -176,7 +190,7 @@ def test_tta_view_shifts_by_one_pixel_and_repeats_the_border():
 
 def test_flip_shift_tta_averages_ten_views():
     torch.manual_seed(0)
-    plain, tta = tiny().eval(), tiny(tta="flip_shift").eval()
+    plain, tta = tiny().eval(), tiny(evaluation=dict(tta="flip_shift")).eval()
     tta.load_state_dict(plain.state_dict())
     x = torch.randn(4, 1, 28, 28)
     views = [(m, dy, dx) for m in (False, True) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
@@ -188,8 +202,8 @@ def test_flip_shift_tta_averages_ten_views():
 
 
 def test_top5_only_with_five_classes_or_more():
-    assert set(tiny(num_classes=4).val_metrics.keys()) == {"val/acc1"}
-    assert set(tiny(num_classes=10).val_metrics.keys()) == {"val/acc1", "val/acc5"}
+    assert set(tiny(dict(num_classes=4)).val_metrics.keys()) == {"val/acc1"}
+    assert set(tiny(dict(num_classes=10)).val_metrics.keys()) == {"val/acc1", "val/acc5"}
 
 
 def test_fused_adamw_with_bf16_autocast_and_gradient_clipping(tmp_path, fashion_mnist_available, monkeypatch):
@@ -215,7 +229,7 @@ def test_fused_adamw_with_bf16_autocast_and_gradient_clipping(tmp_path, fashion_
 def test_fused_adamw_only_where_it_can_be_clipped():
     from types import SimpleNamespace
 
-    from vitlab.training.module import use_fused_adamw
+    from vitlab.training.optim import use_fused_adamw
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     bf16, fp16 = SimpleNamespace(scaler=None), SimpleNamespace(scaler=object())

@@ -19,7 +19,8 @@ class CaptureAtTrainStart(Callback):
 
 
 def fit(tmp_path, max_epochs: int, ckpt_path=None, callbacks=()):
-    model = tiny(base_lr=1e-3, base_batch_size=16, warmup_epochs=1, min_lr=0.0, ema_decay=0.9)
+    model = tiny(optim=dict(base_lr=1e-3, base_batch_size=16), schedule=dict(warmup_epochs=1, min_lr=0.0),
+                 regularization=dict(ema_decay=0.9))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=1, default_root_dir=tmp_path,
