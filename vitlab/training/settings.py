@@ -227,7 +227,7 @@ def moved_message(key: str) -> str:
 def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's ``hyper_parameters`` in today's groups: flat keys written before the groups existed are
     moved into their group (old tokenizer fields into ``arch.tokenizer_options``); already grouped ones are kept."""
-    from vitlab.models.pretrained import upgrade_config_fields
+    from vitlab.models.checkpoint import upgrade_config_fields
 
     flat = {k: v for k, v in hparams.items() if k in MOVED or k in RENAMED_FIELDS}
     if not flat:
