@@ -1,5 +1,5 @@
-"""LightningDataModules for Fashion-MNIST, CIFAR-10/100 and image-folder trees (ImageNet), plus a data set of
-loose image files for prediction.
+"""LightningDataModules for Fashion-MNIST, CIFAR-10/100, image-folder trees (ImageNet) and litdata shards
+(``vitlab prepare``), plus a data set of loose image files for prediction.
 
 Names load on first use (PEP 562), so ``vitlab.data.stats`` (data-set constants the model presets also read)
 imports without Lightning; ``from vitlab.data import *`` loads every data module.
@@ -15,6 +15,7 @@ _WHERE = {
     "DigitsDataModule": "digits",
     "ImageFolderDataModule": "image_folder",
     "ImageNetDataModule": "image_folder",
+    "StreamingDataModule": "streaming",
     "ImageFilesDataset": "predict",
     "collate_skip_none": "predict",
     "ImageDecodeError": "image_io",

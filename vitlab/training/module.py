@@ -324,11 +324,17 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt, trainer = self.optim, self.trainer
-        total_steps = trainer.estimated_stepping_batches  # loads the train loader; respects max_steps, limits
+        try:
+            total_steps = trainer.estimated_stepping_batches  # loads the train loader; respects max_steps, limits
+        except OverflowError:  # max_steps without max_epochs: Lightning multiplies by an infinite epoch count
+            total_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else math.inf
         if not math.isfinite(total_steps):
             raise ValueError("the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps")
         accumulate = trainer.accumulate_grad_batches
-        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulate))
+        batches = trainer.num_training_batches  # inf when max_steps comes without max_epochs: the loader's length
+        if not math.isfinite(batches):
+            batches = len(trainer.train_dataloader) if hasattr(trainer.train_dataloader, "__len__") else total_steps
+        steps_per_epoch = max(1, math.ceil(batches / accumulate))
 
         # 1. peak lr from the global batch
         per_process = getattr(trainer.train_dataloader, "batch_size", None)
