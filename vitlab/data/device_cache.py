@@ -1,9 +1,10 @@
 """A loader that keeps a small uint8 data set (Fashion-MNIST, CIFAR) on the training device and augments there.
 
 With the whole set in GPU memory (CIFAR-10 train is 150 MB as uint8) a batch is an index into it plus a few batched
-tensor ops - random crop with zero padding, horizontal flip, channel conversion, resize (and the eval centre crop),
-normalisation - so no worker process or host-to-device copy can starve the GPU. The result matches
-``small_image_transform`` (same steps, same order); only the random numbers differ.
+tensor ops - random crop with zero padding, horizontal flip, timm's RandAugment (per sample, in
+:mod:`vitlab.data.batched_augment`), channel conversion, resize (and the eval centre crop), normalisation - so no
+worker process or host-to-device copy can starve the GPU. The result matches ``small_image_transform`` (same steps,
+same order); only the random numbers differ.
 
 Shuffling is seeded and changes every epoch; under DDP each rank takes its own shard of the same permutation
 (padded to equal length, as ``DistributedSampler``).
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from vitlab.data.batched_augment import BatchedRandAugment
 from vitlab.data.resumable import sample_seed
 
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -74,6 +76,11 @@ class DeviceCachedLoader:
         train: Shuffle and augment (random crop + flip); False keeps the order and only converts.
         pad: Zero padding of the random crop; 0 = no crop.
         flip: Random horizontal flip (train only).
+        auto_augment: timm's RandAugment string (``rand-m9-mstd0.5-inc1``, ``rand-n1-m10-mstd101``), applied per
+            sample after the crop and flip, as the per-image path (train only; see
+            :class:`~vitlab.data.batched_augment.BatchedRandAugment`); None = off.
+        native_mean: Mean of the stored channels, in [0, 1]: the fill colour of auto_augment's geometric ops (as
+            ``small_image_transform``); None: timm's gray 128.
         erase: Random-erasing probability per training image (timm's ``RandomErasing`` in its "pixel" mode,
             batched: a rectangle of 2-33 % of the area, aspect 0.3-3.3, filled with normal noise after
             normalisation); 0 = off.
@@ -93,6 +100,7 @@ class DeviceCachedLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, pad: int = 4, flip: bool = True, erase: float = 0.0,
+                 auto_augment: str | None = None, native_mean: Sequence[float] | None = None,
                  device: str | torch.device | None = None, seed: int = 0, img_size: int | None = None,
                  in_chans: int | None = None, interpolation: str = "bilinear", crop_pct: float = 1.0,
                  drop_last: bool | None = None, rank: int | None = None, world_size: int | None = None) -> None:
@@ -118,6 +126,10 @@ class DeviceCachedLoader:
         if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0 <= erase <= 1:
             raise ValueError(f"erase must be a probability in [0, 1], got {erase!r}")
         self.batch_size, self.train, self.pad, self.flip, self.erase = batch_size, train, pad, flip, float(erase)
+        if native_mean is not None and len(native_mean) not in (1, images.shape[1]):
+            raise ValueError(f"native_mean needs {images.shape[1]} values (one per stored channel), got {native_mean}")
+        self.auto_augment = BatchedRandAugment(auto_augment, fill=native_mean,
+                                               translate_const=int(images.shape[-1] * 0.45)) if auto_augment else None
         if interpolation not in ("nearest", "bilinear", "bicubic"):
             raise ValueError(f"interpolation must be 'nearest', 'bilinear' or 'bicubic', got {interpolation!r}")
         if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
@@ -239,6 +251,8 @@ class DeviceCachedLoader:
         if self.flip:
             flip = torch.rand(B, device=dev, generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.auto_augment is not None:
+            x = self.auto_augment(x, g)  # (B, C, H, W) uint8, each sample its own ops
         return x
 
     def _random_erase(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:

@@ -39,7 +39,8 @@ class InMemoryDataModule(ImageDataModule):
     Args:
         on_device: Keep the whole set (uint8) on the training device and make the train/val/test batches
             there with batched tensor ops (:class:`~vitlab.data.device_cache.DeviceCachedLoader`: the same
-            random crop, flip, conversion and normalisation as the per-sample transforms, seeded and resumable
+            random crop, flip, RandAugment (``rand-...`` strings of ``auto_augment``), conversion and normalisation as
+            the per-sample transforms, seeded and resumable
             the same way), so no loader worker or host-to-device copy limits the step rate. Also pays on a
             CPU, where it replaces per-image transforms by a few batched ops. ``num_workers`` and
             ``pin_memory`` are then unused; ``predict`` still reads image files.
@@ -126,8 +127,9 @@ class InMemoryDataModule(ImageDataModule):
                            f"each epoch is one batch")
         return DeviceCachedLoader.from_dataset(
             dataset, self.batch_size, self.mean, self.std, train=True, pad=self.crop_padding if self.augment else 0,
-            flip=self.augment, erase=self.random_erasing if self.augment else 0.0, device=device,
-            seed=torch.initial_seed() % 2**63, rank=rank, world_size=world, **resizing)
+            flip=self.augment, erase=self.random_erasing if self.augment else 0.0,
+            auto_augment=self.auto_augment if self.augment else None, native_mean=self.native_mean or None,
+            device=device, seed=torch.initial_seed() % 2**63, rank=rank, world_size=world, **resizing)
 
     def train_dataloader(self) -> DataLoader | DeviceCachedLoader:
         if not self.on_device:
