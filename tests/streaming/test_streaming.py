@@ -202,8 +202,8 @@ def test_two_nodes_see_every_sample_once_per_epoch_and_reduce_metrics_over_both(
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="known bug: after the whole two-node job is killed and relaunched, the resumed "
-                   "epoch starts one batch per process after the checkpoint (litdata's distributed resume; one "
-                   "process resumes exactly)")
+                   "epoch starts one batch after the checkpoint (under litdata's distributed resume; the one-"
+                   "process resume is exact, test_fit_resumes_mid_epoch...)")
 def test_two_nodes_resume_after_the_whole_job_is_killed(fm_shards, tmp_path):
     every = _every_training_image(fm_shards)
     runs, probe = tmp_path / "runs", tmp_path / "probe"
