@@ -58,6 +58,7 @@ TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
     "attention": _tool("attention"),           # attention-rollout overlays for images and a checkpoint
     "compare": _tool("compare"),               # patch vs conv vs cct over seeds, report folder
     "finetune-proof": _tool("finetune_proof"),  # pretrain on Fashion-MNIST, fine-tune vs scratch on digits
+    "prepare": _tool("prepare"),  # litdata shards from ImageFolder / Fashion-MNIST / CIFAR
 }
 
 

@@ -11,6 +11,7 @@ pipeline (crop + flip + ``auto_augment``), larger ones timm's ImageNet pipeline,
 """
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -112,7 +113,8 @@ class StreamingDataModule(ImageDataModule):
 
     Args:
         data_dir: The ``vitlab prepare --out`` folder or URL.
-        cache_dir: Where chunks of a remote ``data_dir`` are cached (default: litdata's cache folder).
+        cache_dir: Where chunks of a remote ``data_dir`` are cached, one folder per split (default: litdata's cache
+            folder).
         storage_options: Object-store client options, e.g. ``{"endpoint_url": "http://minio:9000"}``.
         max_cache_size: Most disk the chunk cache may use.
         auto_augment: timm's augmentation string for small-image shards (larger images always get timm's
@@ -200,7 +202,8 @@ class StreamingDataModule(ImageDataModule):
         mode = "L" if self.native_chans == 1 else "RGB"
         return ShardDataset(shards.join(self.data_dir, split), self._transform(train), mode, self.small,
                             seed=torch.initial_seed() % 2**31 if train else self.seed, shuffle=train,
-                            drop_last=train, cache_dir=self.cache_dir, storage_options=self.storage_options,
+                            drop_last=train, storage_options=self.storage_options,
+                            cache_dir=None if self.cache_dir is None else os.path.join(self.cache_dir, split),
                             max_cache_size=self.max_cache_size)
 
     def _setup(self, stage: str | None) -> None:
