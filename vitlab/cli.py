@@ -13,9 +13,6 @@ predict, ``predictions.csv``.
 """
 from __future__ import annotations
 
-import csv
-import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -25,10 +22,10 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from vitlab.cli_errors import Parser
 from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
 from vitlab.models.data_config import data_config_of, follow_weights
@@ -36,8 +33,9 @@ from vitlab.training.callbacks import PredictionWriter, RunPlots, TrainThroughpu
 from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
-from vitlab.training.settings import MOVED, moved_message, upgrade_hparams
-from vitlab.models.config import RENAMED_FIELDS
+from vitlab.training.settings import upgrade_hparams
+from vitlab.run_folder import (check_checkpoint, default_run_name, evaluated_run, find_checkpoint,
+                               is_default_logging, next_free, run_version, share_run_folder)
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
 def _tool(module: str) -> Callable[[list[str]], Optional[int]]:
@@ -60,64 +58,6 @@ TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
     "finetune-proof": _tool("finetune_proof"),  # pretrain on Fashion-MNIST, fine-tune vs scratch on digits
     "prepare": _tool("prepare"),  # litdata shards from ImageFolder / Fashion-MNIST / CIFAR
 }
-
-
-class _Parser(LightningArgumentParser):
-    """On a bad argument, one usage line (not the hundred-line usage of every option) before jsonargparse's
-    ``error: ...`` line; ``--help`` is unchanged."""
-
-    def print_usage(self, file: Any = None) -> None:
-        prog = self.prog.replace(" [options]", "")
-        (file or sys.stderr).write(f"usage: {prog} [-h] [-c CONFIG ...] [--KEY VALUE ...]\n")
-
-    def error(self, message: str, ex: Optional[Exception] = None) -> Any:
-        super().error(one_line_error(message), ex)
-
-
-def one_line_error(message: str) -> str:
-    """jsonargparse's multi-line error as one line naming the key and the value: a union (``Optional[int]``, a
-    data-module class) lists every member's complaint; keep the ones that are not "expected None"."""
-    moved = re.search(r"unrecognized arguments: --model\.(\w+)|does not accept option '(?:model\.)?(\w+)'", message)
-    key = (moved.group(1) or moved.group(2)) if moved else None
-    if key in MOVED or key in RENAMED_FIELDS:
-        return moved_message(key)
-    link = re.match(r"argument (\S+) --> (\S+):", message)
-    if link:  # a value for a linked key, e.g. model.arch.num_classes
-        return (f"{link.group(2)} is set from {link.group(1)} (the data decides it): leave {link.group(2)} out "
-                f"and set {link.group(1).split('.')[0]} options instead")
-    if "Does not validate against any of the Union subtypes" not in message:
-        return " ".join(line.strip() for line in message.splitlines() if line.strip())
-    lines = [line.strip() for line in message.splitlines()]
-    top = re.match(r'Parser key "([^"]+)"', lines[0])
-    given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
-    errors: list[list[str]] = []
-    inside = False
-    for line in lines:
-        if line == "Errors:":
-            inside = True
-        elif line.startswith("Given value"):
-            inside = False
-        elif inside and line.startswith("- "):
-            errors.append([line[2:]])
-        elif inside and errors and line:
-            errors[-1].append(line)
-    parts = []
-    for error in errors:
-        if "NoneType" in error[0]:
-            continue
-        text = " ".join(e for e in error if not e.startswith("Problem with given class_path"))
-        inner = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
-        if inner and top:
-            text = f"{top.group(1)}.{inner.group(1)}: {inner.group(2)}"
-        elif top:
-            text = f"{top.group(1)}: {text}"
-        parts.append(text)
-    result = "; ".join(parts) or " ".join(lines)
-    if given is not None and len(given) < 80 and "Got value" not in result and " got " not in result:
-        result += f" (got {given})"
-    return result
-
-
 
 
 class VitlabCLI(LightningCLI):
@@ -173,7 +113,7 @@ class VitlabCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         if config is not None and config.get("ckpt_path"):
-            name = config.run_name or _default_run_name(config)
+            name = config.run_name or default_run_name(config)
             if config.ckpt_path in ("best", "last"):
                 try:
                     config.ckpt_path = find_checkpoint(config.runs_dir, name, config.ckpt_path)
@@ -204,7 +144,7 @@ class VitlabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        name = config.run_name or _default_run_name(config)
+        name = config.run_name or default_run_name(config)
         steps, minutes = config.get("last_every_n_steps"), config.get("last_every_minutes")
         if steps is not None and steps < 1:
             self._parser(self.subcommand).error(f"last_every_n_steps must be an integer >= 1, got {steps!r}")
@@ -212,7 +152,7 @@ class VitlabCLI(LightningCLI):
             self._parser(self.subcommand).error(f"last_every_minutes must be a number > 0, got {minutes!r}")
         save_dir, log_name, version = config.runs_dir, name, None
         if self.subcommand == "fit" and config.get("ckpt_path"):  # resume into the checkpoint's run folder
-            version = _run_version(config.ckpt_path, Path(config.runs_dir) / name)
+            version = run_version(config.ckpt_path, Path(config.runs_dir) / name)
         elif config.get("ckpt_path") and (run := evaluated_run(config.ckpt_path)) is not None:
             # validate/test/predict a run's checkpoint: results go next to it, run/<subcommand>[_k]/
             save_dir, log_name, version = str(run), "", next_free(run, self.subcommand)
@@ -225,7 +165,7 @@ class VitlabCLI(LightningCLI):
             config.return_predictions = False  # PredictionWriter writes each batch; keep none of them in memory
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
-        if config.trainer.logger in (None, True) or _is_default_logging(config.trainer.logger, config.runs_dir, name):
+        if config.trainer.logger in (None, True) or is_default_logging(config.trainer.logger, config.runs_dir, name):
             # default: TensorBoard + CSV, both in one run folder (also when a run's saved config.yaml repeats them)
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -286,7 +226,7 @@ class VitlabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # trainer.logger false: nothing to plot the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
-        _share_run_folder(trainer)
+        share_run_folder(trainer)
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
@@ -305,113 +245,6 @@ def _note(text: str) -> None:
     """One line on stderr, from the first process only."""
     if rank_zero_only.rank == 0:
         print(text, file=sys.stderr)
-
-
-def check_checkpoint(path: str) -> None:
-    """Raise ``ValueError`` (one line, naming the file) unless ``path`` is a complete checkpoint that
-    ``torch.load(weights_only=True)`` reads: a truncated file, or a pickle that would run code, stops here."""
-    if "://" in str(path):
-        return  # remote: Lightning loads it with weights_only=True
-    if not os.path.isfile(path):
-        raise ValueError(f"ckpt_path {path!r} does not exist")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # UnpicklingError, a truncated zip, ...: never retried with weights_only=False
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"refusing checkpoint {path!r}: torch.load(weights_only=True) cannot read it, so it is "
-                         f"truncated, not a checkpoint, or its pickle would run code (nothing was executed): "
-                         f"{reason}") from None
-
-
-def _run_version(ckpt_path: str, run_root: Path) -> Optional[int]:
-    """N when ``ckpt_path`` is ``run_root/version_N/checkpoints/*.ckpt``, else None (a new version)."""
-    folder = Path(ckpt_path).resolve().parent.parent
-    if folder.parent == run_root.resolve() and re.fullmatch(r"version_\d+", folder.name):
-        return int(folder.name.split("_")[1])
-    return None
-
-
-def _is_default_logging(logger: Any, runs_dir: str, name: str) -> bool:
-    """Whether ``trainer.logger`` is the TensorBoard + CSV pair vitlab sets up (as a run's config.yaml records it)."""
-    if not isinstance(logger, list) or len(logger) != 2:
-        return False
-    kinds = {"lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger"}
-    for entry in logger:
-        get = entry.get if isinstance(entry, dict) else lambda k, d=None: getattr(entry, k, d)
-        args = get("init_args") or {}
-        args_get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
-        if get("class_path") not in kinds or str(args_get("save_dir")) != str(runs_dir) or args_get("name") != name:
-            return False
-    return True
-
-
-def evaluated_run(ckpt_path: str) -> Optional[Path]:
-    """The run folder ``.../version_N`` of a checkpoint in its ``checkpoints/`` (a run's config.yaml beside it),
-    else None (a checkpoint from elsewhere: the evaluation gets a run folder of its own)."""
-    if "://" in str(ckpt_path):
-        return None
-    folder = Path(ckpt_path).resolve().parent.parent
-    if Path(ckpt_path).resolve().parent.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.name) \
-            and (folder / "config.yaml").is_file():
-        return folder
-    return None
-
-
-def next_free(run: Path, stage: str) -> str:
-    """``stage``, else ``stage_1``, ``stage_2``, ...: the first name not yet used in ``run`` (nothing is replaced)."""
-    k = 0
-    while (run / (stage if k == 0 else f"{stage}_{k}")).exists():
-        k += 1
-    return stage if k == 0 else f"{stage}_{k}"
-
-
-def find_checkpoint(runs_dir: str, name: str, which: str) -> str:
-    """``last.ckpt`` or the best ``val/acc1`` checkpoint of the newest ``runs_dir/name/version_N`` that has
-    checkpoints, so ``vitlab test -c CONFIG --ckpt_path best`` works in a new process after ``vitlab fit``."""
-    root = Path(runs_dir) / name
-    versions = sorted(root.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    for folder in reversed(versions):
-        if which == "last" and (folder / "last.ckpt").is_file():
-            return str(folder / "last.ckpt")
-        scored = [(float(m.group(1)), p) for p in folder.glob("*.ckpt")
-                  if (m := re.search(r"val_acc1(\d+\.\d+)", p.name))]
-        if which == "best" and scored:
-            return str(max(scored)[1])
-    raise ValueError(f"ckpt_path={which!r}: no {which} checkpoint under {root}/version_*/checkpoints/ "
-                     f"(run `vitlab fit` with the same run_name and runs_dir first, or give a path)")
-
-
-def _default_run_name(config: Any) -> str:
-    data = str(config.data.class_path).rsplit(".", 1)[-1].removesuffix("DataModule")
-    data = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", data).lower()  # FashionMNIST -> fashion_mnist
-    model = config.model.preset or config.model.arch.tokenizer or "vit"
-    return f"{data}_{model}"
-
-
-def _share_run_folder(trainer: Trainer) -> None:
-    """Give a CSV logger that names the same folder as the TensorBoard logger the same version, so both
-    write into ``<runs_dir>/<name>/version_N`` (each would otherwise pick the next free number itself)."""
-    tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-    if tb is None:
-        return
-    loggers = []
-    for lg in trainer.loggers:
-        if isinstance(lg, CSVLogger) and (lg.save_dir, lg.name) == (tb.save_dir, tb.name) and lg._version is None:
-            lg = CSVLogger(save_dir=tb.save_dir, name=tb.name, version=tb.version, prefix=lg._prefix,
-                           flush_logs_every_n_steps=lg._flush_logs_every_n_steps)
-            _keep_csv_columns(lg)
-        loggers.append(lg)
-    trainer.loggers = loggers
-
-
-def _keep_csv_columns(logger: CSVLogger) -> None:
-    """A resumed run appends to its metrics.csv: start from the file's columns, so the first write (which
-    rewrites the file when columns are added) keeps every old column."""
-    path = os.path.join(logger.log_dir, "metrics.csv")
-    if os.path.isfile(path):
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        logger.experiment.metrics_keys = sorted(set(header))
 
 
 _DESCRIPTION = ("Train, evaluate and predict with vitlab Vision Transformers. "
@@ -450,7 +283,7 @@ def _run_cli(args: list[str] | None) -> None:
         ImageDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        parser_class=_Parser,  # ImageClassifier owns its optimiser and schedule
+        parser_class=Parser,  # ImageClassifier owns its optimiser and schedule
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "vitlab", "description": _DESCRIPTION + (
