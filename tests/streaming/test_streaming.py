@@ -97,25 +97,46 @@ def _trainer(tmp_path, rec, callbacks=(), **kw):
                      default_root_dir=tmp_path, callbacks=[rec, ResumeState(), *callbacks], **kw)
 
 
-def test_fit_resumes_mid_epoch_with_the_same_samples_and_augmentation(fm_shards, tmp_path):
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_fit_resumes_mid_epoch_with_the_same_samples_and_augmentation(fm_shards, tmp_path, repeats):
     """An epoch stopped after 3 steps and resumed from its checkpoint trains on exactly the images (augmented
-    alike) that the uninterrupted epoch trains on after step 3."""
+    alike) that the uninterrupted epoch trains on after step 3 (also with repeated augmentation)."""
     L.seed_everything(0)
     full = Record()
-    _trainer(tmp_path / "a", full, max_epochs=2).fit(_tiny_model(), datamodule=_streaming(fm_shards))
+    _trainer(tmp_path / "a", full, max_epochs=2).fit(_tiny_model(), datamodule=_streaming(fm_shards,
+                                                                                         repeated_aug=repeats))
     L.seed_everything(0)
     first = Record()
     stopped = _trainer(tmp_path / "b", first, max_epochs=2, callbacks=[KillAfter(3, tmp_path / "mid.ckpt")])
     with pytest.raises(Killed):
-        stopped.fit(_tiny_model(), datamodule=_streaming(fm_shards))
+        stopped.fit(_tiny_model(), datamodule=_streaming(fm_shards, repeated_aug=repeats))
     L.seed_everything(0)
     rest = Record()
-    _trainer(tmp_path / "c", rest, max_epochs=2).fit(_tiny_model(), datamodule=_streaming(fm_shards),
+    _trainer(tmp_path / "c", rest, max_epochs=2).fit(_tiny_model(), datamodule=_streaming(fm_shards,
+                                                                                         repeated_aug=repeats),
                                                      ckpt_path=tmp_path / "mid.ckpt")
     assert len(full.seen) == 2 * (N // 32) * 32  # two epochs of 8 batches
     assert first.seen + rest.seen == full.seen
     assert len({k for s, k in full.seen if s < N // 32} & {k for s, k in full.seen if s >= N // 32}) < N // 8
     # ^ two epochs of the same images, augmented apart (random crop + flip): few augmented copies coincide
+
+
+def test_repeated_augmentation_on_shards(fm_shards):
+    """repeated_aug 3: an epoch keeps its N samples, drawn from about N/3 images, each 3 times, each copy augmented
+    apart; the drawn images change from epoch to epoch."""
+    plain = _streaming(fm_shards, augment=False, repeated_aug=3)
+    plain.setup("fit")
+    loader = plain.train_dataloader()
+    epochs = [[image_key(x) for xb, _ in loader for x in xb] for _ in range(2)]
+    for keys in epochs:
+        counts = Counter(keys)
+        assert len(keys) == N and set(counts.values()) <= {1, 2, 3} and len(counts) <= N // 3 + 2
+        assert sum(c == 3 for c in counts.values()) >= N // 3 - 2
+    assert set(epochs[0]) != set(epochs[1])
+    augmented = _streaming(fm_shards, augment=True, repeated_aug=3)
+    augmented.setup("fit")
+    xb, yb = next(iter(augmented.train_dataloader()))
+    assert torch.equal(yb[0:3], yb[0].repeat(3)) and not torch.equal(xb[0], xb[1])  # copies of one image, apart
 
 
 # ----------------------------------------------------------------------------------------------- two nodes

@@ -11,6 +11,8 @@ pipeline (crop + flip + ``auto_augment``), larger ones timm's ImageNet pipeline,
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
 from collections.abc import Callable
@@ -43,12 +45,34 @@ def _native_stats(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (cls.native_mean, cls.native_std) if cls else (IMAGENET_MEAN, IMAGENET_STD)
 
 
+class RepeatedShuffle:
+    """litdata's shuffler with DeiT's repeated augmentation: of the shuffled indexes a worker reads from a chunk, the
+    first ceil(n / R) are kept, each R times in a row, so a chunk still yields n samples and litdata's counting (epoch
+    end, resume) is unchanged. Copy c of index i travels as ``i + c * total`` and gets its own augmentation seed.
+    Unlike timm's RepeatAugSampler, the copies stay in one process (next to each other in its batches)."""
+
+    def __init__(self, inner: Any, repeats: int, total: int) -> None:
+        self.inner, self.repeats, self.total = inner, repeats, total
+
+    def __call__(self, indexes: Any, *args: Any) -> list[int]:
+        order = [int(i) for i in self.inner(indexes, *args)]
+        keep = order[:math.ceil(len(order) / self.repeats)]
+        return [i + c * self.total for i in keep for c in range(self.repeats)][:len(order)]
+
+    def __getattr__(self, name: str) -> Any:  # the rest of litdata's shuffler (only called for missing names)
+        if name in ("inner", "repeats", "total") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 class ShardDataset(StreamingDataset):
     """``(image (C, H, W) float32, label)`` from a ``vitlab prepare`` split: litdata's dataset, decoded and
-    transformed; the transform runs with torch/numpy/``random`` seeded by (seed, epoch, sample index)."""
+    transformed; the transform runs with torch/numpy/``random`` seeded by (seed, epoch, sample index[, copy]).
+    ``repeats`` > 1: repeated augmentation (:class:`RepeatedShuffle`)."""
 
     def __init__(self, input_dir: str, transform: Callable, mode: str, small: bool, *, seed: int, shuffle: bool,
-                 drop_last: bool, cache_dir: str | None, storage_options: dict | None, max_cache_size: str) -> None:
+                 drop_last: bool, cache_dir: str | None, storage_options: dict | None, max_cache_size: str,
+                 repeats: int = 1, total: int = 0) -> None:
         if shards.is_remote(input_dir):
             shards.allow_http_endpoint(storage_options)
         source: Any = input_dir
@@ -58,14 +82,23 @@ class ShardDataset(StreamingDataset):
         super().__init__(source, shuffle=shuffle, drop_last=drop_last, seed=seed, max_cache_size=max_cache_size,
                          storage_options=storage_options or {})
         self.image_transform, self.mode, self.small, self.aug_seed = transform, mode, small, seed
+        self.repeats, self.total = repeats, total  # total: samples in the split (copies are index + c * total)
+
+    def _create_shuffler(self, cache: Any) -> Any:
+        shuffler = super()._create_shuffler(cache)
+        return RepeatedShuffle(shuffler, self.repeats, self.total) if self.repeats > 1 and self.shuffle else shuffler
 
     def __getitem__(self, index: ChunkedIndex | int) -> tuple[torch.Tensor, int]:
+        copy = 0
+        if isinstance(index, ChunkedIndex) and self.repeats > 1 and index.index >= self.total:  # a repeated copy
+            copy, real = divmod(index.index, self.total)
+            index = dataclasses.replace(index, index=real)
         item = super().__getitem__(index)
         i = index.index if isinstance(index, ChunkedIndex) else int(index)
         img = shards.decode_image(item["image"], self.mode, i)
         x = torch.from_numpy(np.array(img)).reshape(img.height, img.width, -1).permute(2, 0, 1) if self.small \
             else img  # (C, H, W) uint8 for the small-image pipeline, PIL for timm's
-        s = sample_seed(self.aug_seed, int(self.current_epoch), i)
+        s = sample_seed(self.aug_seed, int(self.current_epoch), i if copy == 0 else -1 - (i * 1024 + copy))
         in_main = get_worker_info() is None
         states = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
         try:
@@ -120,8 +153,9 @@ class StreamingDataModule(ImageDataModule):
         auto_augment: timm's augmentation string for small-image shards (larger images always get timm's
             ImageNet pipeline with ``rand-m9-mstd0.5-inc1``).
         random_erasing: Random-erasing probability for small-image shards.
-        **kwargs: As :class:`~vitlab.data.base.ImageDataModule`; ``val_split``, ``train_subset``, ``eval_subset``
-            and ``repeated_aug`` are not supported on shards (``vitlab prepare --limit N`` makes small shards).
+        **kwargs: As :class:`~vitlab.data.base.ImageDataModule` (``repeated_aug``: :class:`RepeatedShuffle`);
+            ``val_split``, ``train_subset`` and ``eval_subset`` are not supported on shards (``vitlab prepare --limit
+            N`` makes small shards).
     """
 
     default_img_size = 224
@@ -134,9 +168,6 @@ class StreamingDataModule(ImageDataModule):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported on shards: make small shards with "
                                  f"`vitlab prepare ... --limit N` instead")
-        if kwargs.get("repeated_aug", 1) != 1:
-            raise ValueError("repeated_aug is not supported on shards yet: train from files (ImageFolderDataModule) "
-                             "for repeated augmentation")
         self.storage_options = storage_options
         self.cache_dir, self.max_cache_size = cache_dir, max_cache_size
         self.splits = self._read_splits(data_dir)
@@ -202,6 +233,7 @@ class StreamingDataModule(ImageDataModule):
         mode = "L" if self.native_chans == 1 else "RGB"
         return ShardDataset(shards.join(self.data_dir, split), self._transform(train), mode, self.small,
                             seed=torch.initial_seed() % 2**31 if train else self.seed, shuffle=train,
+                            repeats=self.repeated_aug if train else 1, total=int(self.splits[split]["num_samples"]),
                             drop_last=train, storage_options=self.storage_options,
                             cache_dir=None if self.cache_dir is None else os.path.join(self.cache_dir, split),
                             max_cache_size=self.max_cache_size)
@@ -226,4 +258,4 @@ class StreamingDataModule(ImageDataModule):
                                    pin_memory=self.pin_memory, drop_last=train, **kwargs)
 
 
-__all__ = ["StreamingDataModule", "ShardDataset", "ShardLoader"]
+__all__ = ["StreamingDataModule", "ShardDataset", "ShardLoader", "RepeatedShuffle"]
