@@ -34,7 +34,7 @@ from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 from vitlab.training.settings import upgrade_hparams
-from vitlab.run_folder import (check_checkpoint, default_run_name, evaluated_run, find_checkpoint,
+from vitlab.run_folder import (check_checkpoint, check_run_name, default_run_name, evaluated_run, find_checkpoint,
                                is_default_logging, next_free, run_version, share_run_folder)
 
 # Non-Lightning subcommands: name -> function(argv) -> exit code. Later: compare, bench, export, attention.
@@ -57,6 +57,7 @@ TOOLS: dict[str, Callable[[list[str]], Optional[int]]] = {
     "compare": _tool("compare"),               # patch vs conv vs cct over seeds, report folder
     "finetune-proof": _tool("finetune_proof"),  # pretrain on Fashion-MNIST, fine-tune vs scratch on digits
     "prepare": _tool("prepare"),  # litdata shards from ImageFolder / Fashion-MNIST / CIFAR
+    "bench-data": _tool("bench_data"),  # loading img/s: ImageFolder vs litdata shards
 }
 
 
@@ -145,6 +146,10 @@ class VitlabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = config.run_name or default_run_name(config)
+        try:
+            check_run_name(config.runs_dir, name)
+        except ValueError as e:
+            self._parser(self.subcommand).error(str(e))
         steps, minutes = config.get("last_every_n_steps"), config.get("last_every_minutes")
         if steps is not None and steps < 1:
             self._parser(self.subcommand).error(f"last_every_n_steps must be an integer >= 1, got {steps!r}")

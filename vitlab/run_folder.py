@@ -13,6 +13,16 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 
+def check_run_name(runs_dir: str, name: str) -> None:
+    """Raise ``ValueError`` (one line) unless ``runs_dir/name`` stays inside ``runs_dir``: an absolute name, ``..``
+    or a symlink out would make a run write elsewhere."""
+    if not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise ValueError(f"run_name {name!r} must be a relative name inside runs_dir (no '..', not absolute)")
+    root = Path(runs_dir).resolve()
+    if root not in (root / name).resolve().parents:
+        raise ValueError(f"run_name {name!r} leads outside runs_dir {runs_dir!r}")
+
+
 def check_checkpoint(path: str) -> None:
     """Raise ``ValueError`` (one line, naming the file) unless ``path`` is a complete checkpoint that
     ``torch.load(weights_only=True)`` reads: a truncated file, or a pickle that would run code, stops here."""
@@ -120,5 +130,5 @@ def _keep_csv_columns(logger: CSVLogger) -> None:
         logger.experiment.metrics_keys = sorted(set(header))
 
 
-__all__ = ["check_checkpoint", "run_version", "is_default_logging", "evaluated_run", "next_free", "find_checkpoint",
+__all__ = ["check_run_name", "check_checkpoint", "run_version", "is_default_logging", "evaluated_run", "next_free", "find_checkpoint",
            "default_run_name", "share_run_folder"]
