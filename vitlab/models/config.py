@@ -52,6 +52,8 @@ class ViTConfig:
         fc_norm: Final norm after pooling (timm's fc_norm) instead of before; None = when pool is "avg".
         tokenizer_options: The tokenizer's own options, e.g. {"layers": 2} for cct (defaults filled in).
         grad_checkpointing: Recompute block activations in backward (less memory, slower).
+        distilled: DeiT's distillation token (after the class token) and its own head ``head_dist``; needs pool
+            "cls". Evaluation averages the two heads; training with a teacher uses each (``model.distill``).
     """
 
     tokenizer: str = "patch"  # a registered tokenizer: "patch", "conv", "cct" or a plug-in
@@ -78,6 +80,7 @@ class ViTConfig:
     # the tokenizer's own options, e.g. {"layers": 2} for cct (its Options dataclass: defaults filled in)
     tokenizer_options: dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
+    distilled: bool = False  # DeiT: a distillation token and a second head (head_dist); pool "cls"
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2:
@@ -102,7 +105,7 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.use_class_token) + self.num_registers
+        return int(self.use_class_token) + int(self.distilled) + self.num_registers
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -133,6 +136,11 @@ class ViTConfig:
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.pool == "cls" and not self.use_class_token:
             raise ValueError("pool='cls' needs a class token, but class_token=False")
+        if not isinstance(self.distilled, bool):
+            raise ValueError(f"distilled must be true or false, got {self.distilled!r}")
+        if self.distilled and self.pool != "cls":
+            raise ValueError(f"distilled=True reads the class and distillation tokens: it needs pool='cls', "
+                             f"got pool={self.pool!r}")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sincos' needs embed_dim divisible by 4, got embed_dim={self.embed_dim}")
         tokenizer.validate(self, tokenizer.parse_options(self.tokenizer_options))  # its options, image size, ...

@@ -68,7 +68,7 @@ def hub_config(model: nn.Module, *, data_config: Optional[Mapping[str, Any]] = N
         "input_size": [C, H, W], "fixed_input_size": fixed, "interpolation": str(data["interpolation"]),
         "crop_pct": float(data["crop_pct"]), "crop_mode": "center", "mean": [float(v) for v in mean],
         "std": [float(v) for v in std], "num_classes": cfg.num_classes, "first_conv": first_conv(cfg),
-        "classifier": "head",
+        "classifier": ["head", "head_dist"] if getattr(cfg, "distilled", False) else "head",
     }
     config = {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.embed_dim,
               "global_pool": {"cls": "token"}.get(cfg.pool, cfg.pool), "model_args": _jsonable(model_args),

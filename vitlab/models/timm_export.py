@@ -25,6 +25,8 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
                          f"models export to timm")
     if cfg.pool == "seq":
         raise ValueError("pool='seq' has no timm VisionTransformer equivalent; use 'cls' or 'avg' to export")
+    if getattr(cfg, "distilled", False):
+        raise ValueError("distilled=True is timm's VisionTransformerDistilled (deit.py), not VisionTransformer")
     return dict(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,

@@ -59,6 +59,7 @@ class VisionTransformer(nn.Module):
 
         # 2. prefix tokens and positions
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.use_class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None  # DeiT, after the class token
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
         self.learned_pos = cfg.pos_embed == "learned"
         self.pos_prefix = self.num_prefix_tokens if self.learned_pos and cfg.pos_embed_prefix else 0
@@ -86,6 +87,12 @@ class VisionTransformer(nn.Module):
         self.fc_norm = layer_norm(D) if cfg.use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        # DeiT: the distillation token's own head; forward returns (head, head_dist) logits only while training
+        # with distilled_training set (a teacher's loss on each), their average otherwise (timm's behaviour)
+        self.head_dist = None
+        if cfg.distilled:
+            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.distilled_training = False
 
     # ---------------------------------------------------------------- init and timm-style housekeeping
     def init_weights(self) -> None:
@@ -100,17 +107,20 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)  # as timm's VisionTransformerDistilled
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Positions and prefix tokens: timm's list, where they are parameters of this model."""
-        return {n for n in ("pos_embed", "cls_token", "reg_token") if isinstance(getattr(self, n), nn.Parameter)}
+        return {n for n in ("pos_embed", "cls_token", "dist_token", "reg_token")
+                if isinstance(getattr(self, n), nn.Parameter)}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups by depth, as timm's ViT (layer-wise lr decay, ``create_optimizer_v2``): the
         tokenizer, positions and prefix tokens first, one group per block, the final norm, then pooling and head."""
-        return dict(stem=r"^cls_token|^reg_token|^pos_embed|^patch_embed",
+        return dict(stem=r"^cls_token|^dist_token|^reg_token|^pos_embed|^patch_embed",
                     blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     @torch.jit.ignore
@@ -125,8 +135,16 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's switch: in training mode, forward returns the (class head, distillation head) logits."""
+        if enable and self.head_dist is None:
+            raise ValueError("set_distilled_training needs a distilled model (distilled=True)")
+        self.distilled_training = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
+        """The head; (head, head_dist) for a distilled model, as timm's."""
+        return self.head if self.head_dist is None else (self.head, self.head_dist)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A fresh head for ``num_classes`` classes (0 = no head: forward returns pooled features), on the
@@ -139,12 +157,17 @@ class VisionTransformer(nn.Module):
                              f"is built; create it with global_pool (or pool) set instead")
         ref = next(self.parameters())  # the new head goes where the model is
         self.num_classes = self.cfg.num_classes = num_classes
-        self.head = nn.Identity()
+        self.head = self._new_head(num_classes, ref)
+        if self.head_dist is not None:
+            self.head_dist = self._new_head(num_classes, ref)
+
+    def _new_head(self, num_classes: int, ref: torch.Tensor) -> nn.Module:
+        head: nn.Module = nn.Identity()
         if num_classes > 0:
-            self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        self.head.train(self.training)
+            head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        return head.train(self.training)
 
     def set_input_size(self, img_size: Union[int, Tuple[int, int], None] = None,
                        patch_size: Union[int, Tuple[int, int], None] = None) -> None:
@@ -178,10 +201,12 @@ class VisionTransformer(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """Add positions and prepend [class, registers]: (B, N, D) -> (B, P + N, D)."""
+        """Add positions and prepend [class, distillation, registers]: (B, N, D) -> (B, P + N, D)."""
         prefix: List[torch.Tensor] = []
         if self.cls_token is not None:
             prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
         if self.pos_embed is None:
@@ -219,8 +244,24 @@ class VisionTransformer(nn.Module):
         return tokens.mean(dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, P + N, D) -> logits (B, K) (or pooled features (B, D) with ``pre_logits``). A distilled model
+        while training with ``distilled_training`` returns the pair (class head, distillation head), as timm's."""
+        if self.head_dist is not None:
+            return self._forward_distilled_head(x, pre_logits)
         x = self.head_drop(self.fc_norm(self.pool(x)))  # (B, D)
         return x if pre_logits else self.head(x)  # (B, K)
+
+    def _forward_distilled_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x_cls = self.head_drop(self.fc_norm(x[:, 0]))  # (B, D) class token
+        x_dist = self.head_drop(self.fc_norm(x[:, 1]))  # (B, D) distillation token
+        if pre_logits:
+            return (x_cls + x_dist) / 2  # (B, D)
+        assert self.head_dist is not None
+        logits, logits_dist = self.head(x_cls), self.head_dist(x_dist)  # (B, K) each
+        if not torch.jit.is_scripting():
+            if self.distilled_training and self.training:  # one loss per head (the teacher's on head_dist)
+                return logits, logits_dist  # type: ignore[return-value]
+        return (logits + logits_dist) / 2  # (B, K): evaluation and plain training average the heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

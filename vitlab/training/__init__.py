@@ -2,7 +2,7 @@
 from vitlab.training.callbacks import PredictionWriter, RunPlots
 from vitlab.training.module import ImageClassifier
 from vitlab.training.optim import warmup_cosine
-from vitlab.training.settings import Evaluation, Finetune, Optim, Regularization, Schedule, Speed
+from vitlab.training.settings import Distill, Evaluation, Finetune, Optim, Regularization, Schedule, Speed
 
 __all__ = ["ImageClassifier", "RunPlots", "PredictionWriter", "warmup_cosine", "Optim", "Schedule", "Regularization",
-           "Finetune", "Evaluation", "Speed"]
+           "Finetune", "Evaluation", "Speed", "Distill"]

@@ -33,9 +33,10 @@ from vitlab.models.layers import explicit_attention_pays, set_fused_attention
 from vitlab.models.registry import PRESETS, get_config
 from vitlab.models.vit import VisionTransformer
 from vitlab.training.checkpointing import CheckpointMismatchError, check_checkpoint_fits
+from vitlab.training.distill import Distiller
 from vitlab.training.finetune import apply_trainable, lr_scales
 from vitlab.training.optim import param_groups, use_fused_adamw, warmup_cosine
-from vitlab.training.settings import (MOVED, Evaluation, Finetune, Optim, Regularization, Schedule, Speed,
+from vitlab.training.settings import (MOVED, Distill, Evaluation, Finetune, Optim, Regularization, Schedule, Speed,
                                       as_group, group_dict, moved_message, upgrade_hparams)
 from vitlab.training.tta import TTA_VIEWS, tta_view
 
@@ -62,6 +63,8 @@ class ImageClassifier(L.LightningModule):
         finetune: Layer decay, freezing, gradual unfreezing (:class:`~vitlab.training.settings.Finetune`).
         evaluation: Test-time augmentation and top-k of predictions (:class:`~vitlab.training.settings.Evaluation`).
         speed: torch.compile and channels_last (:class:`~vitlab.training.settings.Speed`).
+        distill: DeiT distillation from a frozen teacher (:class:`~vitlab.training.settings.Distill`); needs
+            ``arch.distilled``.
         nonfinite: What a NaN or infinite training loss does: ``"stop"`` ends training with an error naming
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
             ``train/skipped_steps``, stopping only after ``MAX_CONSECUTIVE_SKIPS`` skips in a row. Either way no
@@ -79,6 +82,7 @@ class ImageClassifier(L.LightningModule):
         finetune: Finetune = Finetune(),
         evaluation: Evaluation = Evaluation(),
         speed: Speed = Speed(),
+        distill: Distill = Distill(),
         nonfinite: Literal["stop", "skip"] = "stop",
         **moved: Any,
     ) -> None:
@@ -93,6 +97,7 @@ class ImageClassifier(L.LightningModule):
         self.optim, self.schedule = as_group(Optim, optim), as_group(Schedule, schedule)
         self.regularization, self.finetune = as_group(Regularization, regularization), as_group(Finetune, finetune)
         self.evaluation, self.speed = as_group(Evaluation, evaluation), as_group(Speed, speed)
+        self.distill = as_group(Distill, distill)
         self.nonfinite = nonfinite
         # saved into checkpoints as plain dicts (torch.load(weights_only=True) reads them); logged under "model/"
         # in setup(), as the data module's hparams share names (img_size, in_chans) with different meanings
@@ -100,7 +105,8 @@ class ImageClassifier(L.LightningModule):
             "preset": preset, "pretrained": pretrained, "arch": group_dict(arch), "optim": group_dict(self.optim),
             "schedule": group_dict(self.schedule), "regularization": group_dict(self.regularization),
             "finetune": group_dict(self.finetune), "evaluation": group_dict(self.evaluation),
-            "speed": group_dict(self.speed), "nonfinite": nonfinite}, logger=False)
+            "speed": group_dict(self.speed), "distill": group_dict(self.distill), "nonfinite": nonfinite},
+            logger=False)
 
         # 1. the model: preset + overrides (ViTConfig validates every field)
         self.cfg: ViTConfig = get_config(preset, **group_dict(arch))
@@ -129,6 +135,14 @@ class ImageClassifier(L.LightningModule):
         else:
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=reg.label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
+        # DeiT distillation: the teacher supervises head_dist (training only; evaluation averages the two heads)
+        self.distiller: Distiller | None = None
+        if self.distill.teacher is not None:
+            if not self.cfg.distilled:
+                raise ValueError(f"distill.teacher={self.distill.teacher!r} needs a distilled student: set "
+                                 f"model.arch.distilled: true")
+            self.model.set_distilled_training(True)  # training forward: (class head, distillation head)
+            self.distiller = Distiller(self.distill, K, self.cfg.in_chans)
 
         # 3. metrics: one collection, cloned per stage so each keeps its own state (synced under DDP)
         metrics = {"acc1": MulticlassAccuracy(K, top_k=1, average="micro")}
@@ -196,11 +210,19 @@ class ImageClassifier(L.LightningModule):
             if len(x) % 2:  # timm mixes a batch with its flip, which needs an even size
                 x, y = x[:-1], y[:-1]
             x, target = self.mixup_fn(x, y)  # target: (B, K) soft labels
-        logits = self.model(x)  # (B, K)
-        loss = self.train_loss(logits, target)
+        if self.distiller is not None:  # the teacher sees the same (mixed) images
+            logits, logits_dist = self.model(x)  # (B, K) each
+            loss, base, distill = self.distiller.loss(x, logits, logits_dist, target, self.train_loss)
+            logits = (logits + logits_dist) / 2  # metrics on the averaged heads, as evaluation
+        else:
+            logits = self.model(x)  # (B, K)
+            loss = self.train_loss(logits, target)
         if self._nonfinite(loss, batch_idx):
             return None  # Lightning skips backward and the optimizer step
         self.train_metrics.update(logits, y)  # on the (possibly mixed) inputs, against their main label
+        if self.distiller is not None:
+            self.log_dict({"train/loss_base": base, "train/loss_distill": distill}, on_step=False, on_epoch=True,
+                          sync_dist=True, batch_size=len(x))
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
@@ -306,6 +328,8 @@ class ImageClassifier(L.LightningModule):
                              "use DDP or set model.regularization.ema_decay null")
         if self.ema is not None:  # the copy only averages during training (no forward); Lightning's eval()
             self.ema.train()      # covers validation. In eval mode it set off "N module(s) in eval mode".
+        if self.distiller is not None:  # built here (not when a checkpoint is only evaluated), frozen, eval mode
+            self.distiller.to(self.device)
 
     # ---------------------------------------------------------------- what trains when (fine-tuning)
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

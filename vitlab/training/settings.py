@@ -178,9 +178,47 @@ class Speed:
                              f"speed.compile_backend is {self.compile_backend!r}")
 
 
+@dataclass(frozen=True)
+class Distill:
+    """DeiT's distillation through the distillation token (``vitlab.training.distill``); needs
+    ``model.arch.distilled: true``.
+
+    Args:
+        teacher: A vitlab ``.ckpt`` path, or a timm model name (``timm.create_model(name, pretrained=False,
+            num_classes=K, in_chans=C)``, weights from ``teacher_weights``); None = no distillation. Frozen, in
+            eval mode, never saved in checkpoints.
+        teacher_weights: A weights file for a timm teacher (.safetensors, .pth state_dict).
+        kind: ``"soft"``: KL divergence to the teacher's softened probabilities (x tau^2); ``"hard"``:
+            cross-entropy to the teacher's top class.
+        alpha: Loss = (1 - alpha) x class-head loss + alpha x distillation-head loss.
+        tau: Temperature of the soft loss.
+    """
+
+    teacher: Optional[str] = None
+    teacher_weights: Optional[str] = None
+    kind: Literal["soft", "hard"] = "soft"
+    alpha: float = 0.5
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("teacher", "teacher_weights"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"distill.{name} must be a path or a name, got {value!r}")
+        if self.kind not in ("soft", "hard"):
+            raise ValueError(f"distill.kind must be 'soft' or 'hard', got {self.kind!r}")
+        check_number("distill.alpha", self.alpha, low=0.0)
+        if self.alpha > 1.0:
+            raise ValueError(f"distill.alpha must be a number in [0, 1], got {self.alpha!r}")
+        check_number("distill.tau", self.tau, low=0.0, low_open=True)
+        if self.teacher_weights is not None and self.teacher is None:
+            raise ValueError(f"distill.teacher_weights={self.teacher_weights!r} needs distill.teacher (a timm "
+                             f"model name)")
+
+
 GROUPS: dict[str, type] = {"arch": ViTOverrides, "optim": Optim, "schedule": Schedule,
                            "regularization": Regularization, "finetune": Finetune, "evaluation": Evaluation,
-                           "speed": Speed}
+                           "speed": Speed, "distill": Distill}
 
 # flat keys of vitlab before the groups -> "group.field"
 MOVED: dict[str, str] = {
@@ -268,5 +306,5 @@ def check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-__all__ = ["Optim", "Schedule", "Regularization", "Finetune", "Evaluation", "Speed", "GROUPS", "MOVED",
+__all__ = ["Optim", "Schedule", "Regularization", "Finetune", "Evaluation", "Speed", "Distill", "GROUPS", "MOVED",
            "as_group", "moved_message", "upgrade_hparams", "group_dict"]

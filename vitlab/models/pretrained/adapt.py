@@ -66,6 +66,12 @@ def _adapt_pool(model: nn.Module, state: dict, own: dict, report: LoadReport) ->
     if "cls_token" in state and "cls_token" not in own:
         state.pop("cls_token")
         report.add("cls_token", "dropped", "model has no class token")
+    if "dist_token" in state and "dist_token" not in own:
+        state.pop("dist_token")
+        report.add("dist_token", "dropped", "model is not distilled")
+    if "dist_token" in own and "dist_token" not in state:
+        state["dist_token"] = own["dist_token"]
+        report.add("dist_token", "re-initialised", "distillation token is new")
     for k in sorted(own):
         if k.startswith("seq_pool.") and k not in state:
             state[k] = own[k]
@@ -84,7 +90,8 @@ def _adapt_pos_embed(model: nn.Module, state: dict, own: dict, report: LoadRepor
         return
     if pos is None or target is None or pos.shape == target.shape:
         return
-    n_prefix = int("cls_token" in state) + (state["reg_token"].shape[1] if "reg_token" in state else 0)
+    n_prefix = (int("cls_token" in state) + int("dist_token" in state)
+                + (state["reg_token"].shape[1] if "reg_token" in state else 0))
     rows = pos.shape[1]
     if int(round((rows - n_prefix) ** 0.5)) ** 2 != rows - n_prefix:
         n_prefix = 0  # the table covers image tokens only (no_embed_class)
@@ -96,6 +103,12 @@ def _adapt_pos_embed(model: nn.Module, state: dict, own: dict, report: LoadRepor
     if n_prefix != model.pos_prefix:
         if model.pos_prefix == 0:
             prefix = prefix[:, :0]
+        elif "dist_token" in state and "dist_token" not in own and n_prefix - 1 == model.pos_prefix:
+            dist = int("cls_token" in state)  # the distillation row follows the class row
+            prefix = torch.cat([prefix[:, :dist], prefix[:, dist + 1:]], dim=1)
+        elif "dist_token" in own and "dist_token" not in state and n_prefix + 1 == model.pos_prefix:
+            dist = int("cls_token" in own)  # a new distillation row after the class row: the model's own init
+            prefix = torch.cat([prefix[:, :dist], target[:, dist:dist + 1].to(prefix), prefix[:, dist:]], dim=1)
         elif "cls_token" in state and "cls_token" not in own and n_prefix - 1 == model.pos_prefix:
             prefix = prefix[:, 1:]
         report.add("pos_embed", "adapted", f"prefix rows {n_prefix} -> {prefix.shape[1]}")
@@ -103,13 +116,14 @@ def _adapt_pos_embed(model: nn.Module, state: dict, own: dict, report: LoadRepor
 
 
 def _adapt_head(model: nn.Module, state: dict, own: dict, report: LoadReport) -> None:
-    for p in ("weight", "bias"):
-        k = f"head.{p}"
+    for k in (f"{head}.{p}" for head in ("head", "head_dist") for p in ("weight", "bias")):
         if k in state and (k not in own or state[k].shape != own[k].shape):
             old = state.pop(k)
             if k in own:
                 state[k] = own[k]
                 report.add(k, "re-initialised", f"classes {old.shape[0]} -> {own[k].shape[0]}")
+            elif k.startswith("head_dist.") and getattr(model, "head_dist", None) is None:
+                report.add(k, "dropped", "model is not distilled")
             else:
                 report.add(k, "dropped", "model has no head (num_classes=0)")
         elif k in own and k not in state:

@@ -16,17 +16,17 @@ from .sources import Source
 
 # read from the checkpoint even when a preset is named: a preset value that differs would load and run wrongly
 LAYOUT_FIELDS = ("pool", "class_token", "fc_norm", "num_registers", "pos_embed", "pos_embed_prefix", "qkv_bias",
-                 "qk_norm", "layer_scale_init")
+                 "qk_norm", "layer_scale_init", "distilled")
 POOL_FIELDS = ("pool", "class_token", "fc_norm")  # decided together: overriding one lets the config decide the rest
 
 _KNOWN_KEY = re.compile(r"""(
-    cls_token | reg_token | pos_embed
+    cls_token | dist_token | reg_token | pos_embed
   | patch_embed\.proj\.(weight|bias)
   | patch_embed\.stem\.\d+\.[01]\.(weight|bias|running_mean|running_var|num_batches_tracked)
   | patch_embed\.layers\.\d+\.0\.weight
   | blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|attn\.q_norm|attn\.k_norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)
   | blocks\.\d+\.ls[12]\.gamma
-  | (norm|fc_norm|head|seq_pool\.attention)\.(weight|bias)
+  | (norm|fc_norm|head|head_dist|seq_pool\.attention)\.(weight|bias)
 )$""", re.X)
 # key patterns of timm ViT variants vitlab has no equivalent for
 _UNSUPPORTED_KEYS = (
@@ -133,7 +133,10 @@ def infer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any], where: st
     has_cls = "cls_token" in state
     fc = "fc_norm.weight" in state
     out["num_registers"] = state["reg_token"].shape[1] if "reg_token" in state else 0
-    if "seq_pool.attention.weight" in state:
+    out["distilled"] = distilled = "dist_token" in state  # DeiT: its token and head_dist, read with the class token
+    if distilled:
+        pool = "cls"
+    elif "seq_pool.attention.weight" in state:
         pool = "seq"
     elif not has_cls or fc:
         pool = "avg"
@@ -152,7 +155,7 @@ def infer_layout(state: dict[str, torch.Tensor], hint: dict[str, Any], where: st
             out["img_size"] = hint["img_size"]
         return out
     out["pos_embed"] = "learned"
-    rows, n_prefix = state["pos_embed"].shape[1], int(has_cls) + out["num_registers"]
+    rows, n_prefix = state["pos_embed"].shape[1], int(has_cls) + int(distilled) + out["num_registers"]
     img, expected = hint.get("img_size"), None
     if img and "patch_size" in tok and hint.get("patch_size", stride) == stride:  # a grid of patch_size patches
         h, w = (img, img) if isinstance(img, int) else img
