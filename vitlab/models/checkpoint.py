@@ -93,7 +93,8 @@ def network_weights(state: Mapping[str, torch.Tensor], ema: bool = True) -> tupl
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load whose error lists every missing, unexpected and mis-shaped key."""
+    """Strict load whose error lists every missing, unexpected and mis-shaped key, and names the tensors holding a NaN
+    or an infinity (nothing is loaded then)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -108,6 +109,10 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): {shapes}")
         raise ValueError("\n".join(lines))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged run's weights: training from them would blame the learning rate or the data
+        raise ValueError(f"{source} has non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                         f"{', '.join(bad[:3])}: refusing to load them")
     model.load_state_dict(state, strict=True)
 
 

@@ -216,6 +216,10 @@ class CheckpointMismatchError(ValueError):
 def check_checkpoint_fits(module: Any, state: dict[str, torch.Tensor], hparams: dict[str, Any]) -> None:
     """Raise :class:`CheckpointMismatchError` naming what differs (class count first) unless every tensor of
     ``state`` has the shape of the module's own."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointMismatchError(f"the checkpoint has non-finite weights (NaN or inf) in {len(bad)} tensor(s), "
+                                      f"e.g. {', '.join(bad[:3])}: refusing to load them")
     own = module.state_dict()
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
