@@ -13,6 +13,7 @@ predict, ``predictions.csv``.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vitlab.cli_errors import Parser
 from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIFAR10DataModule` resolves)
@@ -34,6 +36,7 @@ from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 from vitlab.training.settings import upgrade_hparams
+from vitlab.training.signals import SaveOnSignal
 from vitlab.run_folder import (check_checkpoint, check_run_name, default_run_name, evaluated_run, find_checkpoint,
                                is_default_logging, next_free, run_version, share_run_folder)
 
@@ -79,6 +82,12 @@ class VitlabCLI(LightningCLI):
             raise SystemExit(1) from None
         except CheckpointMismatchError as e:  # ckpt_path does not fit the config and data: a usage error
             self._parser(subcommand).error(f"ckpt_path {self.config[subcommand].ckpt_path}: {e}")
+        except SIGTERMException:  # stopped by a signal: last.ckpt is written; never report success
+            stop = next((cb for cb in self.trainer.callbacks if isinstance(cb, SaveOnSignal)), None)
+            signum = (stop.signum if stop is not None else None) or signal.SIGTERM
+            sys.stderr.write(f"vitlab {subcommand}: stopped by {signal.Signals(signum).name} at step "
+                             f"{self.trainer.global_step}; resume with --ckpt_path last\n")
+            raise SystemExit(128 + int(signum)) from None
 
     def instantiate_classes(self) -> None:
         try:
@@ -212,7 +221,7 @@ class VitlabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
         extra = [LearningRateMonitor(logging_interval="step"), TrainThroughput(), RunPlots(), PredictionWriter(),
-                 ResumeState()]
+                 ResumeState(), SaveOnSignal()]
         best = self._get(self.config_init, "checkpoint", default=None)
         if self._checkpointing_off():  # trainer.enable_checkpointing: false -> no checkpoint callback at all
             best = None

@@ -1,0 +1,42 @@
+"""Honest stops, as real processes: SIGTERM (pre-emption), SIGINT (Ctrl-C) and SIGUSR1 end `vitlab fit` at the end of
+a batch with last.ckpt written and exit status 128 + the signal (never 0), and `--ckpt_path last` finishes the run."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FASHION_MNIST_DIR
+
+STEPS_PER_EPOCH = 2048 // 128
+
+
+def _fit(runs, *extra) -> list[str]:
+    return [sys.executable, "-m", "vitlab.cli", "fit", "-c", "configs/quickstart.yaml",
+            "--data.init_args.data_dir", FASHION_MNIST_DIR, "--data.init_args.train_subset", "2048",
+            "--data.init_args.eval_subset", "256", "--data.init_args.num_workers", "0", "--trainer.max_epochs", "2",
+            "--trainer.enable_progress_bar", "false", "--runs_dir", str(runs), "--run_name", "sig", *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_signal_writes_last_ckpt_exits_non_zero_and_the_run_resumes(tmp_path, fashion_mnist_available, sig):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(_fit(runs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = runs / "sig" / "version_0" / "hparams.yaml"  # written when fit starts
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # into training
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + int(sig), out[-2000:]
+    assert f"stopped by {sig.name}" in out
+    last = runs / "sig" / "version_0" / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < step < 2 * STEPS_PER_EPOCH
+    done = subprocess.run(_fit(runs, "--ckpt_path", "last"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert not (runs / "sig" / "version_1").exists()  # resumed into its own folder
