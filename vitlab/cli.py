@@ -183,7 +183,8 @@ class VitlabCLI(LightningCLI):
             # default: TensorBoard + CSV, both in one run folder (also when a run's saved config.yaml repeats them)
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": save_dir, "name": log_name, "version": version}},
+                 "init_args": {"save_dir": save_dir, "name": log_name, "version": version,
+                               **({"purge_step": step} if (step := self._resume_step()) else {})}},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
                  "init_args": {"save_dir": save_dir, "name": log_name}},
             ]
@@ -240,10 +241,18 @@ class VitlabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # trainer.logger false: nothing to plot the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
-        share_run_folder(trainer)
+        share_run_folder(trainer, resume_step=self._resume_step())
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
         return trainer
+
+    def _resume_step(self) -> Optional[int]:
+        """The global step ``fit --ckpt_path`` resumes at (None for a new run or another subcommand)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        if self.subcommand != "fit" or not ckpt or "://" in str(ckpt):
+            return None
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
     def _checkpointing_off(self) -> bool:
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}

@@ -104,9 +104,10 @@ def default_run_name(config: Any) -> str:
     return f"{data}_{model}"
 
 
-def share_run_folder(trainer: Trainer) -> None:
+def share_run_folder(trainer: Trainer, resume_step: Optional[int] = None) -> None:
     """Give a CSV logger that names the same folder as the TensorBoard logger the same version, so both
-    write into ``<runs_dir>/<name>/version_N`` (each would otherwise pick the next free number itself)."""
+    write into ``<runs_dir>/<name>/version_N`` (each would otherwise pick the next free number itself). A run resumed
+    at ``resume_step`` keeps its metrics.csv history (:func:`keep_csv_history`)."""
     tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if tb is None:
         return
@@ -115,20 +116,34 @@ def share_run_folder(trainer: Trainer) -> None:
         if isinstance(lg, CSVLogger) and (lg.save_dir, lg.name) == (tb.save_dir, tb.name) and lg._version is None:
             lg = CSVLogger(save_dir=tb.save_dir, name=tb.name, version=tb.version, prefix=lg._prefix,
                            flush_logs_every_n_steps=lg._flush_logs_every_n_steps)
-            _keep_csv_columns(lg)
+            keep_csv_history(lg, resume_step)
         loggers.append(lg)
     trainer.loggers = loggers
 
 
-def _keep_csv_columns(logger: CSVLogger) -> None:
-    """A resumed run appends to its metrics.csv: start from the file's columns, so the first write (which
-    rewrites the file when columns are added) keeps every old column."""
+def keep_csv_history(logger: CSVLogger, resume_step: Optional[int] = None) -> None:
+    """A resumed run appends to its metrics.csv instead of losing it: Lightning's CSV writer deletes an existing
+    metrics.csv when it starts, so the rows are read first and written back. Rows the resumed run will log again (step
+    >= ``resume_step``, except that step's validation rows, written before the checkpoint) are left out, so no step
+    appears twice. The writer starts from the file's columns, so adding a column keeps every old one."""
     path = os.path.join(logger.log_dir, "metrics.csv")
-    if os.path.isfile(path):
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        logger.experiment.metrics_keys = sorted(set(header))
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        header = list(rows[0].keys()) if rows else []
+    if resume_step is not None:
+        rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < resume_step
+                or (int(float(r["step"])) == resume_step and any(r.get(k) for k in r if k.startswith("val/")))]
+    writer = logger.experiment  # deletes the file (Lightning's ExperimentWriter), so it is written back now
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(tmp, path)
+    writer.metrics_keys = sorted(set(header))
 
 
 __all__ = ["check_run_name", "check_checkpoint", "run_version", "is_default_logging", "evaluated_run", "next_free", "find_checkpoint",
-           "default_run_name", "share_run_folder"]
+           "default_run_name", "share_run_folder", "keep_csv_history"]

@@ -17,7 +17,7 @@ def _fit(runs, *extra) -> list[str]:
     return [sys.executable, "-m", "vitlab.cli", "fit", "-c", "configs/quickstart.yaml",
             "--data.init_args.data_dir", FASHION_MNIST_DIR, "--data.init_args.train_subset", "2048",
             "--data.init_args.eval_subset", "256", "--data.init_args.num_workers", "0", "--trainer.max_epochs", "2",
-            "--trainer.enable_progress_bar", "false", "--runs_dir", str(runs), "--run_name", "sig", *extra]
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2", "--runs_dir", str(runs), "--run_name", "sig", *extra]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
@@ -40,3 +40,8 @@ def test_a_signal_writes_last_ckpt_exits_non_zero_and_the_run_resumes(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.load(last, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
     assert not (runs / "sig" / "version_1").exists()  # resumed into its own folder
+    # the metrics history survives the resume, in order, each step once
+    import csv
+    rows = list(csv.DictReader(open(runs / "sig" / "version_0" / "metrics.csv")))
+    steps = [int(float(r["step"])) for r in rows if r.get("train/loss_step")]
+    assert steps == sorted(set(steps)) and steps[0] == 1 and len(steps) == STEPS_PER_EPOCH  # every 2nd of 32
