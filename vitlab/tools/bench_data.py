@@ -157,8 +157,6 @@ def measure(source: str, path: str, *, workers: int, batch_size: int, img_size: 
     if source == "streaming":
         row["native_size"] = dm.native_size
     _close(it)
-    del it, loader, dm
-    gc.collect()
     return row
 
 
@@ -226,6 +224,7 @@ def run(args: argparse.Namespace) -> dict:
                     row = measure(source, paths[source], workers=workers, batch_size=args.batch_size,
                                   img_size=args.img_size, augment=augment, warmup=args.warmup, batches=args.batches,
                                   repeats=args.repeats, seed=args.seed)
+                    gc.collect()  # the loader and its data module, before the next one starts
                     measured.setdefault((augment, workers, source), []).append(row)
                     if not args.quiet:
                         print(f"  round {rnd + 1}: {source} {row['transform']} workers={workers}: "
