@@ -23,6 +23,19 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
 
 
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode`` ("RGB" or "L"): EXIF orientation applied, palette transparency through RGBA, alpha dropped,
+    16/32-bit scaled to 8 bits. Files (:func:`load_image`) and shard samples are converted alike."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # PIL's "palette with transparency" note
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            img = _to_8bit(img)
+        elif img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        return img.convert(mode)
+
+
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     """Open an image file and convert it to ``mode``.
 
@@ -41,14 +54,8 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
         ImageDecodeError: The file is missing, empty, truncated or not an image; the message names it.
     """
     try:
-        with Image.open(path) as img, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # PIL's "palette with transparency" note
+        with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                img = _to_8bit(img)
-            elif img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            return img.convert(mode)
+            return convert_mode(img, mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot decode image file {os.fspath(path)!r}: {e}") from e

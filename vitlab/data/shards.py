@@ -17,12 +17,11 @@ import io
 import json
 import os
 import tempfile
-import warnings
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from vitlab.data.image_io import ImageDecodeError, _to_8bit
+from vitlab.data.image_io import ImageDecodeError, convert_mode
 
 FORMAT = 1
 META_NAME = "vitlab_meta.json"
@@ -167,19 +166,6 @@ def read_meta(split_dir: str, storage_options: dict | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- images
-def convert_mode(img: Image.Image, mode: str) -> Image.Image:
-    """``img`` in ``mode`` ("RGB" or "L") as :func:`vitlab.data.image_io.load_image` converts files: EXIF
-    orientation applied, palette transparency through RGBA, alpha dropped, 16/32-bit scaled to 8 bits."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # PIL's "palette with transparency" note
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            img = _to_8bit(img)
-        elif img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        return img.convert(mode)
-
-
 def decode_image(data: bytes, mode: str, index: int | None = None) -> Image.Image:
     """Decode a sample's ``image`` bytes into a loaded PIL image in ``mode`` ("RGB" or "L").
 
