@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.training.settings import Distill
+from vitlab.training.teacher_cache import TeacherCache
 
 
 def distillation_loss(student_dist: torch.Tensor, teacher_logits: torch.Tensor, kind: Literal["soft", "hard"],
@@ -74,6 +75,7 @@ class Distiller:
         self.settings = settings
         self.num_classes, self.in_chans = num_classes, in_chans
         self._teacher: nn.Module | None = None
+        self.cache = TeacherCache() if settings.cache else None
         name = settings.teacher
         if name is not None and not Path(name).is_file():  # a bad name fails now, not at the start of fit
             import timm
@@ -93,11 +95,19 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's logits (B, K) of the images (B, C, H, W), once per batch."""
+        """The frozen teacher's logits (B, K) of the images (B, C, H, W), once per batch (from the cache for the
+        images it has seen in an earlier epoch)."""
         teacher = self.teacher
         if teacher.training:  # Lightning's train() of the student never reaches it, but a user's call might
             teacher.eval()
+        if self.cache is not None:
+            return self.cache.lookup(x, lambda images: teacher(images).float())
         return teacher(x).float()
+
+    def end_epoch(self) -> None:
+        """Called after each training epoch: the cache decides whether the augmentations allow it."""
+        if self.cache is not None:
+            self.cache.end_epoch()
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, logits_dist: torch.Tensor, target: torch.Tensor,
              base_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

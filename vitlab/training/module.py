@@ -331,6 +331,10 @@ class ImageClassifier(L.LightningModule):
         if self.distiller is not None:  # built here (not when a checkpoint is only evaluated), frozen, eval mode
             self.distiller.to(self.device)
 
+    def on_train_epoch_end(self) -> None:
+        if self.distiller is not None:
+            self.distiller.end_epoch()
+
     # ---------------------------------------------------------------- what trains when (fine-tuning)
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         ft = self.finetune

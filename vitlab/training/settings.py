@@ -192,6 +192,9 @@ class Distill:
             cross-entropy to the teacher's top class.
         alpha: Loss = (1 - alpha) x class-head loss + alpha x distillation-head loss.
         tau: Temperature of the soft loss.
+        cache: Keep the teacher's logits of each image and reuse them in later epochs
+            (:mod:`vitlab.training.teacher_cache`); switches itself off after the second epoch when the
+            augmentations change the images (crops, flips, mixup), so it only helps un-augmented training.
     """
 
     teacher: Optional[str] = None
@@ -199,8 +202,11 @@ class Distill:
     kind: Literal["soft", "hard"] = "soft"
     alpha: float = 0.5
     tau: float = 1.0
+    cache: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"distill.cache must be true or false, got {self.cache!r}")
         for name in ("teacher", "teacher_weights"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
