@@ -1,11 +1,21 @@
-"""`vitlab compare` on real data (scikit-learn digits), tiny: report, plots, per-run results, resume."""
+"""`vitlab compare` on real data (scikit-learn digits), tiny: report, plots, per-run results, resume (between runs
+and inside a killed run), the data-size and learning-rate axes, the plan printed before training."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 import vitlab
 from vitlab.models.flops import forward_macs
 from vitlab.tools.compare import main, matched_configs
+from vitlab.tools.compare.plan import RunSpec, make_grid, parse_sweep
+from vitlab.tools.compare.report import last_quarter_gain
+
+TINY = ["--data", "digits", "--batch-size", "32", "--eval-subset", "64", "--model", "vit_micro_patch4_28"]
 
 
 def test_matched_configs_share_grid_and_match_flops():
@@ -21,24 +31,89 @@ def test_matched_configs_share_grid_and_match_flops():
         matched_configs(base, ["patch"], "tokens")
 
 
+def test_grid_and_sweep_parsing():
+    sweep = parse_sweep(["adamw=3e-4,1e-3", "sgd=0.1"])
+    assert sweep == [("adamw", 3e-4), ("adamw", 1e-3), ("sgd", 0.1)]
+    grid = make_grid([100, 1000], [30, 10], sweep, ["patch", "conv"], [0, 1])
+    assert len(grid) == 2 * 3 * 2 * 2 and grid[0] == RunSpec(100, 30, "adamw", 3e-4, "patch", 0)
+    assert {s.epochs for s in grid if s.size == 1000} == {10}
+    assert grid[0].run_id == "n100_adamw_lr0.0003_patch_seed0"
+    for bad, named in [(["adamw"], "OPTIMIZER=LR"), (["nope=0.1"], "'nope'"), (["sgd=x"], "'x'"),
+                       (["sgd=-1"], "must be > 0")]:
+        with pytest.raises(ValueError, match=named):
+            parse_sweep(bad)
+    with pytest.raises(ValueError, match="one per train size"):
+        make_grid([100, 1000], [3, 4, 5], sweep, ["patch"], [0])
+
+
+def test_last_quarter_gain_tells_flat_from_rising():
+    rising = [{"val_acc1": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
+    flat = [{"val_acc1": a} for a in (0.1, 0.5, 0.7, 0.80, 0.80, 0.801, 0.80, 0.799)]
+    assert last_quarter_gain(rising) == pytest.approx(20.0)
+    assert last_quarter_gain(flat) == pytest.approx(0.0, abs=0.11)
+
+
 def test_compare_runs_reports_and_resumes(tmp_path, capsys):
-    args = ["--data", "digits", "--tokenizers", "patch", "cct", "--seeds", "0", "1", "--epochs", "2",
-            "--train-subset", "128", "--eval-subset", "64", "--batch-size", "32", "--target", "0.05",
-            "--model", "vit_micro_patch4_28", "--out", str(tmp_path)]
+    args = TINY + ["--tokenizers", "patch", "cct", "--seeds", "0", "1", "--epochs", "2", "--train-subset", "128",
+                   "--target", "0.05", "--out", str(tmp_path)]
     first = main(args)
+    out = capsys.readouterr().out
+    assert "plan: 4 runs (0 done before), 4 to train" in out and "img/s" in out and "estimated" in out
     assert len(first["results"]) == 4
-    for name in ("results.md", "accuracy_curves.png", "accuracy_vs_gflops.png"):
+    for name in ("results.md", "accuracy_curves.png", "accuracy_vs_data_size.png", "lr_sweep.png"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "results.md").read_text()
     assert "| patch |" in table and "| cct |" in table and "matched by **flops**" in table
-    run = json.loads((tmp_path / "runs" / "cct_seed1.json").read_text())
+    run = json.loads((tmp_path / "runs" / "n128_adamw_lr0.004_cct_seed1.json").read_text())
     assert len(run["history"]) == 2 and 0 <= run["test_acc1"] <= 1 and run["train_img_s"] > 0
+    assert run["train_images"] == 128 and run["machine"]
     seconds = [h["seconds"] for h in run["history"]]
     assert 0 < seconds[0] < seconds[1]  # training time up to each validation, first epoch included
     assert "epochs to 5 %" in table and "(0/2 runs)" not in table.split("| patch |")[1].split("\n")[0]
+    assert not any((tmp_path / "ckpt").iterdir())  # a finished run's epoch checkpoints are removed
     # an interrupted comparison resumes: delete one run, rerun, only that one trains again
-    (tmp_path / "runs" / "patch_seed1.json").unlink()
-    capsys.readouterr()
+    (tmp_path / "runs" / "n128_adamw_lr0.004_patch_seed1.json").unlink()
     main(args)
     out = capsys.readouterr().out
-    assert out.count("done before, kept") == 3 and "patch seed 1: training" in out
+    assert "plan: 4 runs (3 done before), 1 to train" in out and "[1/1] n128_adamw_lr0.004_patch_seed1" in out
+
+
+def test_data_size_and_lr_axes(tmp_path, capsys):
+    result = main(TINY + ["--tokenizers", "patch", "conv", "--seeds", "0", "--train-sizes", "64", "256",
+                          "--epochs", "2", "1", "--sweep", "adamw=1e-3,4e-3", "--out", str(tmp_path)])
+    assert len(result["results"]) == 2 * 2 * 2
+    by_id = {(r["size"], r["lr"], r["tokenizer"]): r for r in result["results"]}
+    assert by_id[(64, 1e-3, "conv")]["train_images"] == 64 and len(by_id[(64, 1e-3, "conv")]["history"]) == 2
+    assert len(by_id[(256, 4e-3, "patch")]["history"]) == 1
+    table = (tmp_path / "results.md").read_text()
+    assert "### 64 training images, adamw lr 0.001" in table and "### 256 training images, adamw lr 0.004" in table
+    assert "### Learning-rate stability" in table and "best − worst" in table
+    assert table.count("| 256 | adamw | conv |") == 1
+
+
+def test_plan_only_trains_nothing(tmp_path, capsys):
+    result = main(TINY + ["--tokenizers", "patch", "--seeds", "0", "1", "--train-sizes", "100", "1000",
+                          "--epochs", "3", "--plan-only", "--out", str(tmp_path)])
+    assert len(result["todo"]) == 4 and not any((tmp_path / "runs").iterdir())
+    assert "estimated" in capsys.readouterr().out
+
+
+def test_a_killed_run_resumes_at_its_last_epoch(tmp_path):
+    """A real `vitlab compare` process killed after its first epoch's checkpoint goes on from it when rerun."""
+    args = [sys.executable, "-m", "vitlab", "compare"] + TINY + [
+        "--tokenizers", "patch", "--seeds", "0", "--train-subset", "96", "--epochs", "40", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    ckpt = tmp_path / "ckpt" / "n96_adamw_lr0.004_patch_seed0" / "last.ckpt"
+    deadline = time.time() + 600
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file(), proc.stdout.read()
+    args[args.index("40")] = "3"  # the rerun may also change the budget: finish at 3 epochs
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout
+    run = json.loads((tmp_path / "runs" / "n96_adamw_lr0.004_patch_seed0.json").read_text())
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3]  # epoch 1 from before the kill, 2-3 after

@@ -1,0 +1,90 @@
+"""Plots of `vitlab compare` (matplotlib, PNG): the bands are the min-max over seeds, the lines their mean.
+
+- ``accuracy_curves.png``: per grid cell, validation acc1 vs epochs and vs training wall-clock (do the curves
+  flatten?);
+- ``accuracy_vs_data_size.png``: test acc1 vs training images, a line per tokenizer (per optimizer/lr);
+- ``lr_sweep.png``: test acc1 vs learning rate, a line per tokenizer and optimizer (per train size).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitlab.tools.compare.report import cell_of, size_label
+
+Result = dict[str, Any]
+
+
+def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str) -> None:
+    """Mean line of ``ys`` (seeds, points) with its min-max band."""
+    line, = ax.plot(x, ys.mean(0), marker="o", markersize=3, label=label)
+    ax.fill_between(x, ys.min(0), ys.max(0), alpha=0.2, color=line.get_color())
+
+
+def plot_all(results: list[Result], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells: dict[tuple, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        cells[cell_of(r)][r["tokenizer"]].append(r)
+    keys = sorted(cells, key=lambda c: (c[0] or 1e12, c[1], c[2]))
+
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * len(keys)), squeeze=False)
+    for row, key in zip(axes, keys):
+        for tok, rs in cells[key].items():
+            n = min(len(r["history"]) for r in rs)
+            if n == 0:
+                continue
+            acc = np.array([[100 * h["val_acc1"] for h in r["history"][:n]] for r in rs])  # (seeds, epochs)
+            secs = np.array([[h["seconds"] for h in r["history"][:n]] for r in rs])
+            _band(row[0], np.array([h["epoch"] for h in rs[0]["history"][:n]]), acc, tok)
+            _band(row[1], secs.mean(0), acc, tok)
+        title = f"{size_label(key[0])} images, {key[1]} lr {key[2]:g}"
+        row[0].set(xlabel="epoch", ylabel="val acc1 (%)", title=f"{title}: vs epochs")
+        row[1].set(xlabel="training wall-clock (s)", ylabel="val acc1 (%)", title=f"{title}: vs wall-clock")
+    _finish(fig, axes.ravel(), out / "accuracy_curves.png")
+
+    by_recipe: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for (size, opt, lr), rows in cells.items():
+        for tok, rs in rows.items():
+            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = [100 * r["test_acc1"] for r in rs]
+    fig, axes = plt.subplots(1, len(by_recipe), figsize=(5.5 * len(by_recipe), 4), squeeze=False)
+    for ax, ((opt, lr), toks) in zip(axes[0], sorted(by_recipe.items())):
+        for tok, points in toks.items():
+            xs = sorted(points)
+            seeds = min(len(points[x]) for x in xs)
+            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, tok)
+        ax.set(xscale="log", xlabel="training images", ylabel="test acc1 (%)",
+               title=f"accuracy vs data size ({opt} lr {lr:g})")
+    _finish(fig, axes.ravel(), out / "accuracy_vs_data_size.png")
+
+    by_size: dict[Any, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for (size, opt, lr), rows in cells.items():
+        for tok, rs in rows.items():
+            by_size[size][f"{tok} ({opt})"][lr] = [100 * r["test_acc1"] for r in rs]
+    fig, axes = plt.subplots(1, len(by_size), figsize=(5.5 * len(by_size), 4), squeeze=False)
+    for ax, (size, lines) in zip(axes[0], sorted(by_size.items(), key=lambda kv: kv[0] or 1e12)):
+        for label, points in lines.items():
+            xs = sorted(points)
+            seeds = min(len(points[x]) for x in xs)
+            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, label)
+        ax.set(xscale="log", xlabel="base learning rate", ylabel="test acc1 (%)",
+               title=f"lr stability, {size_label(size)} images")
+    _finish(fig, axes.ravel(), out / "lr_sweep.png")
+
+
+def _finish(fig: Any, axes: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
