@@ -37,7 +37,7 @@ def test_grid_and_sweep_parsing():
     grid = make_grid([100, 1000], [30, 10], sweep, ["patch", "conv"], [0, 1])
     assert len(grid) == 2 * 3 * 2 * 2 and grid[0] == RunSpec(100, 30, "adamw", 3e-4, "patch", 0)
     assert {s.epochs for s in grid if s.size == 1000} == {10}
-    assert grid[0].run_id == "n100_adamw_lr0.0003_patch_seed0"
+    assert grid[0].run_id == "n100_e30_adamw_lr0.0003_patch_seed0"
     for bad, named in [(["adamw"], "OPTIMIZER=LR"), (["nope=0.1"], "'nope'"), (["sgd=x"], "'x'"),
                        (["sgd=-1"], "must be > 0")]:
         with pytest.raises(ValueError, match=named):
@@ -64,7 +64,7 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "results.md").read_text()
     assert "| patch |" in table and "| cct |" in table and "matched by **flops**" in table
-    run = json.loads((tmp_path / "runs" / "n128_adamw_lr0.004_cct_seed1.json").read_text())
+    run = json.loads((tmp_path / "runs" / "n128_e2_adamw_lr0.004_cct_seed1.json").read_text())
     assert len(run["history"]) == 2 and 0 <= run["test_acc1"] <= 1 and run["train_img_s"] > 0
     assert run["train_images"] == 128 and run["machine"]
     seconds = [h["seconds"] for h in run["history"]]
@@ -72,10 +72,17 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
     assert "epochs to 5 %" in table and "(0/2 runs)" not in table.split("| patch |")[1].split("\n")[0]
     assert not any((tmp_path / "ckpt").iterdir())  # a finished run's epoch checkpoints are removed
     # an interrupted comparison resumes: delete one run, rerun, only that one trains again
-    (tmp_path / "runs" / "n128_adamw_lr0.004_patch_seed1.json").unlink()
+    (tmp_path / "runs" / "n128_e2_adamw_lr0.004_patch_seed1.json").unlink()
     main(args)
     out = capsys.readouterr().out
-    assert "plan: 4 runs (3 done before), 1 to train" in out and "[1/1] n128_adamw_lr0.004_patch_seed1" in out
+    assert "plan: 4 runs (3 done before), 1 to train" in out and "[1/1] n128_e2_adamw_lr0.004_patch_seed1" in out
+    # --report-only rebuilds the report from what is finished, names what is not, trains nothing
+    (tmp_path / "runs" / "n128_e2_adamw_lr0.004_patch_seed1.json").unlink()
+    only = main(args + ["--report-only"])
+    out = capsys.readouterr().out
+    assert "3 of 4 runs finished; missing: n128_e2_adamw_lr0.004_patch_seed1" in out and len(only["results"]) == 3
+    assert not (tmp_path / "runs" / "n128_e2_adamw_lr0.004_patch_seed1.json").exists()
+    assert "| patch | 6 | 0.0236 | 1 |" in (tmp_path / "results.md").read_text()  # one seed left for patch
 
 
 def test_data_size_and_lr_axes(tmp_path, capsys):
@@ -101,19 +108,20 @@ def test_plan_only_trains_nothing(tmp_path, capsys):
 def test_a_killed_run_resumes_at_its_last_epoch(tmp_path):
     """A real `vitlab compare` process killed after its first epoch's checkpoint goes on from it when rerun."""
     args = [sys.executable, "-m", "vitlab", "compare"] + TINY + [
-        "--tokenizers", "patch", "--seeds", "0", "--train-subset", "96", "--epochs", "40", "--out", str(tmp_path)]
+        "--tokenizers", "patch", "--seeds", "0", "--train-subset", "512", "--epochs", "4", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    ckpt = tmp_path / "ckpt" / "n96_adamw_lr0.004_patch_seed0" / "last.ckpt"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody reads while it runs
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, text=True)
+    ckpt = tmp_path / "ckpt" / "n512_e4_adamw_lr0.004_patch_seed0" / "last.ckpt"
     deadline = time.time() + 600
     while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.is_file(), proc.stdout.read()
-    args[args.index("40")] = "3"  # the rerun may also change the budget: finish at 3 epochs
+    assert ckpt.is_file(), log.read_text()
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming from" in done.stdout
-    run = json.loads((tmp_path / "runs" / "n96_adamw_lr0.004_patch_seed0.json").read_text())
-    assert [h["epoch"] for h in run["history"]] == [1, 2, 3]  # epoch 1 from before the kill, 2-3 after
+    run = json.loads((tmp_path / "runs" / "n512_e4_adamw_lr0.004_patch_seed0.json").read_text())
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3, 4]  # epoch 1 from before the kill, the rest after

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vitlab.models.overrides import add_set_argument, parse_overrides
 from vitlab.models.registry import get_config
 from vitlab.models.tokenizers import list_tokenizers
 from vitlab.tools.compare.plan import (DATA, RunSpec, budget, machine, make_grid, matched_configs, parse_sweep,
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATA), default="fashion_mnist")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--model", default=None, help="preset of the patch baseline (default: per data set)")
+    add_set_argument(p)  # changes to the patch baseline (e.g. --set embed_dim=32), before matching
     p.add_argument("--tokenizers", nargs="+", default=list_tokenizers(), choices=list_tokenizers(),
                    help="registered tokenizers to compare (default: all)")
     p.add_argument("--match", choices=["flops", "width"], default="flops")
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--plan-only", action="store_true", help="print the plan and its estimated time, train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the grid's finished runs, train nothing (runs still missing are named)")
     p.add_argument("--out", type=Path, default=None)
     return p
 
@@ -65,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 def _header(args: argparse.Namespace, configs: dict, sweep: list) -> str:
     depths = ", ".join(f"{tok} {cfg.depth}" for tok, cfg in configs.items())
     match = "equal FLOPs: tokenizers that cost more lose blocks" if args.match == "flops" else "equal width and depth"
-    return (f"Data: {args.data}; seeds {args.seeds}; matched by **{args.match}** ({match}; depths: {depths}); "
+    changes = f" with {', '.join(args.set)}" if args.set else ""
+    return (f"Data: {args.data}; baseline {args.model or DATA[args.data][1]}{changes}; seeds {args.seeds}; matched by **{args.match}** ({match}; depths: {depths}); "
             f"batch {args.batch_size}; lrs are peak lrs at batch 512 (scaled); sweep: "
             + ", ".join(f"{o} {lr:g}" for o, lr in sweep) + ".")
 
@@ -75,13 +80,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or Path("reports") / f"compare_{args.data}"
     sizes = args.train_sizes or [args.train_subset]
     sweep = parse_sweep(args.sweep) if args.sweep else [("adamw", args.base_lr)]
-    configs = matched_configs(get_config(args.model or DATA[args.data][1]), args.tokenizers, args.match)
+    base = get_config(args.model or DATA[args.data][1], **parse_overrides(args.set))
+    configs = matched_configs(base, args.tokenizers, args.match)
     grid = make_grid(sizes, args.epochs, sweep, args.tokenizers, args.seeds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     done = {spec: out / "runs" / f"{spec.run_id}.json" for spec in grid}
     todo = [spec for spec in grid if not done[spec].is_file()]
 
-    speeds = {tok: train_speed(cfg.replace(num_classes=10), args.batch_size) for tok, cfg in configs.items()}
+    if args.report_only:
+        missing = ", ".join(spec.run_id for spec in todo)
+        print(f"report only: {len(grid) - len(todo)} of {len(grid)} runs finished" + (f"; missing: {missing}" if todo
+                                                                                       else ""))
+        results = [json.loads(done[spec].read_text()) for spec in grid if spec not in todo]
+        markdown = write_report(results, out, args, _header(args, configs, sweep))
+        print(markdown)
+        return {"results": results, "markdown": markdown, "out": str(out), "todo": todo}
+
+    speeds: dict[str, float] = {}
+    for _ in range(2):  # two interleaved rounds, the faster of each: the first round also pays one-time set-up
+        for tok, cfg in configs.items():
+            speeds[tok] = max(speeds.get(tok, 0.0), train_speed(cfg.replace(num_classes=10), args.batch_size))
     full, evals = DATA[args.data][2], args.eval_subset or 5_000
     print(f"plan: {len(grid)} runs ({len(grid) - len(todo)} done before), {len(todo)} to train; measured training "
           f"speed on {machine()}: " + ", ".join(f"{t} {s:.0f} img/s" for t, s in speeds.items()))

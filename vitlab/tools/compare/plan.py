@@ -53,8 +53,8 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """The file name of its results: ``n6000_adamw_lr0.001_conv_seed2``."""
-        return f"n{self.size or 'all'}_{self.optimizer}_lr{self.lr:g}_{self.tokenizer}_seed{self.seed}"
+        """The file name of its results: ``n6000_e30_adamw_lr0.001_conv_seed2``."""
+        return f"n{self.size or 'all'}_e{self.epochs}_{self.optimizer}_lr{self.lr:g}_{self.tokenizer}_seed{self.seed}"
 
 
 def parse_sweep(items: list[str]) -> list[tuple[str, float]]:

@@ -18,7 +18,10 @@ def mean_std(xs: list[float], digits: int = 4) -> str:
     if not xs:
         return "-"
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.{digits}g} ± {sd:.2g}"
+    mean = statistics.mean(xs)
+    if abs(mean) >= 10 ** digits:  # counts (images): no exponent
+        return f"{mean:,.0f} ± {sd:,.0f}"
+    return f"{mean:.{digits}g} ± {sd:.2g}"
 
 
 def pct(xs: list[float]) -> str:
