@@ -9,6 +9,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))  # data_files
+# the tests' own callbacks, which `vitlab fit` subprocesses load from a config: allowed as a user's would be
+os.environ.setdefault("VITLAB_ALLOWED_CLASSES", "reliability_helpers,streaming.probe")
 from data_files import save_image  # noqa: E402
 
 # Debian's dataset-fashion-mnist; elsewhere (a GPU box without the package) a folder with the same IDX files

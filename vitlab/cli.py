@@ -13,6 +13,7 @@ predict, ``predictions.csv``.
 """
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import warnings
@@ -25,18 +26,23 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from vitlab.cli_errors import Parser
+from vitlab.cli_errors import Parser, run_error
+from vitlab.config_guard import ConfigError, check_config, install as install_config_guard
 from vitlab.data import *  # noqa: F401,F403  (every data module, so `--data CIFAR10DataModule` resolves)
 from vitlab.data.base import ImageDataModule
+from vitlab.data.predict import check_predict_dir
 from vitlab.models.data_config import data_config_of, follow_weights
 from vitlab.training.callbacks import PredictionWriter, RunPlots, TrainThroughput
 from vitlab.runtime import keep_freed_memory, trainer_precision
 from vitlab.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteCheckpointError, ResumeState
+from vitlab.training.checkpointing import budget_reached, check_checkpoint_dirs
+from vitlab.run_lock import abandon_new_folders, claim_run_folder, created_here, launching_process, release_all
 from vitlab.training.module import CheckpointMismatchError, ImageClassifier, NonFiniteLossError
 from vitlab.training.settings import upgrade_hparams
 from vitlab.training.signals import SaveOnSignal
+from vitlab.training.trainer_checks import check_ckpt_path, check_run_folders, check_trainer_values
 from vitlab.run_folder import (check_checkpoint, check_run_name, default_run_name, evaluated_run, find_checkpoint,
                                is_default_logging, next_free, run_version, share_run_folder)
 
@@ -71,10 +77,16 @@ class VitlabCLI(LightningCLI):
     ``trainer.plugins`` names another CheckpointIO); ``last.ckpt`` is refreshed every ``last_every_n_steps``
     steps (or ``last_every_minutes``) and after each validation; the global random states are checkpointed;
     ``fit --ckpt_path last|best`` resumes the newest run into its own folder; checkpoints are read with
-    ``weights_only=True`` and checked before the run starts.
+    ``weights_only=True`` and checked before the run starts. One fit at a time holds a run folder
+    (:mod:`vitlab.run_lock`); a new fit never writes into a folder of another run's checkpoints; a resume whose
+    budget is reached says "nothing to train".
     """
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if getattr(self, "_nothing_to_train", False):  # said so in before_instantiate_classes; nothing was built
+            return
+        folder = Path(self.trainer.log_dir) if self.trainer.log_dir else None
+        new_folder = folder if folder is not None and (not folder.exists() or created_here(folder)) else None
         try:
             super()._run_subcommand(subcommand)
         except (NonFiniteLossError, NonFiniteCheckpointError) as e:  # a diverged run: one line, exit code 1
@@ -88,11 +100,29 @@ class VitlabCLI(LightningCLI):
             sys.stderr.write(f"vitlab {subcommand}: stopped by {signal.Signals(signum).name} at step "
                              f"{self.trainer.global_step}; resume with --ckpt_path last\n")
             raise SystemExit(128 + int(signum)) from None
+        except Exception as e:  # a corrupt image, a data tree that does not fit, a full disk: one line, no traceback
+            found = run_error(e)
+            if found is None:
+                raise
+            if new_folder is not None and new_folder.is_dir() and not (new_folder / "config.yaml").exists() \
+                    and rank_zero_only.rank == 0:  # failed while setting up: leave no empty version_N behind
+                shutil.rmtree(new_folder, ignore_errors=True)
+            sys.stderr.write(f"vitlab {subcommand}: error: {found[1]}\n")
+            raise SystemExit(found[0]) from None
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:  # a config file over the bounds (vitlab.config_guard), refused while jsonargparse reads it
+            super().parse_arguments(parser, args)
+        except ConfigError as e:
+            parser.error(str(e))
 
     def instantiate_classes(self) -> None:
+        if getattr(self, "_nothing_to_train", False):
+            return
         try:
             super().instantiate_classes()
-        except ValueError as e:  # a bad value the parser's types let through (e.g. base_lr: -1)
+        except (ValueError, MisconfigurationException) as e:  # a bad value the parser's types let through
+            abandon_new_folders()  # a version_N claimed for this run, still empty
             self._parser(self.subcommand).error(str(e))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -135,6 +165,7 @@ class VitlabCLI(LightningCLI):
                     config.ckpt_path = None
             if config.ckpt_path is not None:
                 try:
+                    check_ckpt_path(config.ckpt_path)
                     check_checkpoint(config.ckpt_path)
                 except ValueError as e:
                     self._parser(subcommand).error(str(e))
@@ -154,6 +185,10 @@ class VitlabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        try:  # only allowed classes and no functions, before anything is built
+            check_config(config)
+        except ConfigError as e:
+            self._parser(self.subcommand).error(str(e))
         name = config.run_name or default_run_name(config)
         try:
             check_run_name(config.runs_dir, name)
@@ -170,6 +205,15 @@ class VitlabCLI(LightningCLI):
         elif config.get("ckpt_path") and (run := evaluated_run(config.ckpt_path)) is not None:
             # validate/test/predict a run's checkpoint: results go next to it, run/<subcommand>[_k]/
             save_dir, log_name, version = str(run), "", next_free(run, self.subcommand)
+        written = [Path(save_dir) / log_name / f"version_{version}", Path(save_dir) / log_name / f"version_{version}"
+                   / "checkpoints"] if isinstance(version, int) else [Path(save_dir)]
+        try:  # before anything is built or written
+            check_trainer_values(config.trainer, self.subcommand)
+            check_run_folders(config.runs_dir, written)
+            if self.subcommand == "predict":
+                check_predict_dir(config.data.get("init_args", {}).get("predict_dir"))
+        except ValueError as e:
+            self._parser(self.subcommand).error(str(e))
         precision, note = trainer_precision(config.trainer.precision, config.trainer.accelerator)
         if note:  # bf16 on a CPU that would emulate it
             rank_zero_warn(note)
@@ -179,7 +223,17 @@ class VitlabCLI(LightningCLI):
             config.return_predictions = False  # PredictionWriter writes each batch; keep none of them in memory
         if config.get("weights_only", False) is None:  # never run a checkpoint's pickle code
             config.weights_only = True
+        if self.subcommand == "fit" and (why := budget_reached(config.get("ckpt_path"), config.trainer.max_steps,
+                                                                config.trainer.max_epochs, config.trainer.max_time)):
+            _note(f"vitlab fit: nothing to train: {why}")  # exit 0 with nothing touched, not a silent no-op
+            self._nothing_to_train = True
+            return
         if config.trainer.logger in (None, True) or is_default_logging(config.trainer.logger, config.runs_dir, name):
+            if self.subcommand == "fit" and launching_process():  # one fit per run folder (vitlab.run_lock)
+                try:
+                    version = claim_run_folder(Path(save_dir) / log_name, version)
+                except ValueError as e:
+                    self._parser(self.subcommand).error(str(e))
             # default: TensorBoard + CSV, both in one run folder (also when a run's saved config.yaml repeats them)
             config.trainer.logger = [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -221,8 +275,9 @@ class VitlabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # always on (next to trainer.callbacks and the checkpoint); RichProgressBar is Lightning's default
-        extra = [LearningRateMonitor(logging_interval="step"), TrainThroughput(), RunPlots(), PredictionWriter(),
-                 ResumeState(), SaveOnSignal()]
+        extra = [ResumeState(),  # first: it sets the resumed step before anything logs at a batch's start
+                 LearningRateMonitor(logging_interval="step"), TrainThroughput(), RunPlots(), PredictionWriter(),
+                 SaveOnSignal()]
         best = self._get(self.config_init, "checkpoint", default=None)
         if self._checkpointing_off():  # trainer.enable_checkpointing: false -> no checkpoint callback at all
             best = None
@@ -241,6 +296,12 @@ class VitlabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # trainer.logger false: nothing to plot the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        if self.subcommand == "fit" and launching_process():  # before metrics.csv or any checkpoint is written
+            try:
+                check_checkpoint_dirs(trainer, self.config[self.subcommand].get("ckpt_path"))
+            except ValueError as e:
+                abandon_new_folders()
+                self._parser(self.subcommand).error(str(e))
         share_run_folder(trainer, resume_step=self._resume_step())
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
@@ -286,6 +347,7 @@ def main(args: list[str] | None = None) -> int:
         _run_cli(args)
     finally:
         _close_process_group()
+        release_all()  # the run folder's lock (vitlab.run_lock) lasts as long as the command
     return 0
 
 
@@ -301,6 +363,11 @@ def _close_process_group() -> None:
 
 def _run_cli(args: list[str] | None) -> None:
     """Parse ``args`` and run the LightningCLI subcommand."""
+    try:  # bounded YAML and the classes a config may name (vitlab.config_guard)
+        install_config_guard()
+    except ConfigError as e:
+        sys.stderr.write(f"vitlab: error: {e}\n")
+        raise SystemExit(2) from None
     VitlabCLI(
         ImageClassifier,
         ImageDataModule,

@@ -6,7 +6,7 @@ import csv
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import Trainer
@@ -97,6 +97,41 @@ def find_checkpoint(runs_dir: str, name: str, which: str) -> str:
                      f"(run `vitlab fit` with the same run_name and runs_dir first, or give a path)")
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once symlinks are resolved, or hard links of one inode."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_outputs(outs: Sequence[str | Path], inputs: Sequence[Optional[str | Path]], overwrite: bool) -> None:
+    """Raise ``ValueError`` (one line) before a tool writes ``outs``: always when one of them is one of its ``inputs``
+    (the checkpoint or image it reads would be lost; a symlink or a hard link to it too), and when one exists unless
+    ``overwrite``. Each input is resolved once, so thousands of images and outputs cost one pass."""
+    sources = [s for s in inputs if s and "://" not in str(s)]
+    by_path = {Path(s).resolve(): s for s in sources}
+    by_inode = {(st.st_dev, st.st_ino): s for s in sources if (st := _stat(s)) is not None}
+    for out in outs:
+        source = by_path.get(Path(out).resolve())
+        if source is None and (st := _stat(out)) is not None:
+            source = by_inode.get((st.st_dev, st.st_ino))
+        if source is not None:
+            raise ValueError(f"{out} is the input {source} itself: refusing to write over it, even with --overwrite")
+        if os.path.lexists(out) and not overwrite:
+            raise ValueError(f"{out} exists: pass --overwrite to replace it")
+
+
+def _stat(path: str | Path) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 def default_run_name(config: Any) -> str:
     data = str(config.data.class_path).rsplit(".", 1)[-1].removesuffix("DataModule")
     data = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", data).lower()  # FashionMNIST -> fashion_mnist
@@ -146,4 +181,4 @@ def keep_csv_history(logger: CSVLogger, resume_step: Optional[int] = None) -> No
 
 
 __all__ = ["check_run_name", "check_checkpoint", "run_version", "is_default_logging", "evaluated_run", "next_free", "find_checkpoint",
-           "default_run_name", "share_run_folder", "keep_csv_history"]
+           "default_run_name", "share_run_folder", "keep_csv_history", "same_file", "check_outputs"]

@@ -213,7 +213,7 @@ def test_cli_with_preset_and_weights(tmp_path, capsys):
             "--set", "mlp_ratio=1.0", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out")]
     assert main(args + ["--images", *images]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
-    assert main(args + ["--image-dir", str(tmp_path / "img"), "--per-layer"]) == 0
+    assert main(args + ["--image-dir", str(tmp_path / "img"), "--per-layer", "--overwrite"]) == 0  # a.png, b.png again
     assert len(list((tmp_path / "out").glob("*_layers.png"))) == 2
     assert "b_layers.png" in capsys.readouterr().out
 

@@ -124,6 +124,8 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
         self.predict_set: ImageFilesDataset | None = None
         self.predict_files: list[str] = []
+        if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+            raise ValueError(f"data_dir {data_dir!r} is a file, not a folder: give the folder that holds the data set")
         if os.path.exists(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
             raise PermissionError(f"data_dir {data_dir!r} exists but is not readable by this user (permission denied)")
         self._check_source()

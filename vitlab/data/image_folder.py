@@ -1,4 +1,7 @@
-"""Image-folder trees (``train/<class>/*.jpg``, ``val/<class>/...``, optional ``test/``), ImageNet included."""
+"""Image-folder trees (``train/<class>/*.jpg``, ``val/<class>/...``, optional ``test/``), ImageNet included.
+
+Trees are read by :func:`vitlab.data.scan.scan_class_folders`: symlinked files are read, symlinked folders followed
+unless they loop or would make images be read twice (an error naming the link)."""
 
 import copy
 import functools
@@ -12,6 +15,7 @@ from torchvision.datasets import ImageFolder
 
 from vitlab.data.base import ImageDataModule
 from vitlab.data.image_io import IMG_EXTENSIONS, load_image
+from vitlab.data.scan import has_images, scan_class_folders
 from vitlab.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.data.transforms import imagenet_transform
 
@@ -36,6 +40,15 @@ class _FixedClassesImageFolder(ImageFolder):
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                     is_valid_file: Callable[[str], bool] | None = None, **kwargs) -> list[tuple[str, int]]:
+        """torchvision's scan (which follows symlink loops) replaced by vitlab's (see :mod:`vitlab.data.scan`)."""
+        if is_valid_file is None and extensions:
+            def is_valid_file(path: str) -> bool:
+                return path.lower().endswith(tuple(extensions))
+        return scan_class_folders(directory, class_to_idx, is_valid_file or is_image_file)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -100,7 +113,7 @@ class ImageFolderDataModule(ImageDataModule):
 
     @staticmethod
     def _has_images(folder: str) -> bool:
-        return any(is_image_file(f) for _, _, files in os.walk(folder) for f in files)
+        return has_images(folder, is_image_file)
 
     def _setup(self, stage: str | None) -> None:
         has_val = os.path.isdir(os.path.join(self.data_dir, "val"))

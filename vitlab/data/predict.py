@@ -22,6 +22,18 @@ def list_image_files(folder: str | os.PathLike) -> list[str]:
     )
 
 
+def check_predict_dir(folder: str | os.PathLike | None) -> None:
+    """Raise ``ValueError`` (one line, naming it) unless ``folder`` is an existing folder: ``vitlab predict`` checks
+    it before the run folder is made, so a wrong path leaves nothing behind."""
+    if folder is None:
+        raise ValueError("predict needs data.predict_dir: the folder of images to predict")
+    if not os.path.exists(folder):
+        raise ValueError(f"data.predict_dir {os.fspath(folder)!r} does not exist")
+    if not os.path.isdir(folder):
+        raise ValueError(f"data.predict_dir {os.fspath(folder)!r} is a file, not a folder: give the folder that "
+                         f"holds the images")
+
+
 class ImageFilesDataset(torch.utils.data.Dataset):
     """Images from a folder (or an explicit list of files), returned as ``(image_tensor, index)``.
 

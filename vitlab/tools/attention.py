@@ -20,6 +20,7 @@ from vitlab.interpret import save_overlays
 from vitlab.interpret.overlay import per_channel
 from vitlab.models import checkpoint
 from vitlab.models.overrides import add_set_argument, parse_overrides
+from vitlab.run_folder import check_outputs
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
@@ -102,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     imgs = p.add_mutually_exclusive_group(required=True)
     imgs.add_argument("--images", nargs="+", help="image files")
     imgs.add_argument("--image-dir", help="folder of image files (not recursive)")
-    p.add_argument("--out", default="attention", help="output folder for the PNGs (default: attention)")
+    p.add_argument("--out", default="attention", help="output folder for the PNGs (default: attention); a PNG "
+                   "already there is replaced only with --overwrite, an input image never")
+    p.add_argument("--overwrite", action="store_true", help="replace PNGs of an earlier run in --out")
     p.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: from the checkpoint, "
                                                           "else 0.5)")
     p.add_argument("--std", type=float, nargs="+", help="normalisation std (default: as --mean)")
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     """``vitlab attention``: load a model, read images, write overlay PNGs; prints the written paths."""
     from vitlab.data.image_io import IMG_EXTENSIONS
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.checkpoint:
         if args.set or args.weights:
             raise SystemExit("--set and --weights go with --model, not --checkpoint")
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         files = [Path(f) for f in args.images]
     stems = _unique_stems(files)
+    suffixes = (".png", "_layers.png") if args.per_layer else (".png",)
+    try:  # before any PNG is written: an earlier run's maps, or an input image, are never written over silently
+        check_outputs([Path(args.out) / f"{stem}{suffix}" for stem in stems for suffix in suffixes], files,
+                      args.overwrite)
+    except ValueError as err:
+        parser.error(f"--out: {err}")
     model = model.to(args.device).eval()
     written = []
     for i in range(0, len(files), args.batch_size):

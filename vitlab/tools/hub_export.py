@@ -19,7 +19,8 @@ import yaml
 
 from vitlab.models.checkpoint import TRAINING_FIELDS, load_checkpoint
 from vitlab.models.config import ViTConfig
-from vitlab.models.hub import push_to_hub, save_hub_folder
+from vitlab.run_folder import same_file
+from vitlab.models.hub import CARD, CONFIG, WEIGHTS, push_to_hub, save_hub_folder
 
 
 def _preset_data_config(preset: Optional[str]) -> Optional[dict[str, Any]]:
@@ -77,6 +78,10 @@ def export(ckpt: str | Path, out: str | Path, *, overwrite: bool = False, ema: b
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():
         raise ValueError(f"checkpoint {str(ckpt)!r} does not exist")
+    written = [out] + [out / name for name in (WEIGHTS, CONFIG, CARD)]
+    if any(same_file(ckpt, path) for path in written):  # even with --overwrite: the input would be lost
+        raise ValueError(f"the output {out} would replace the checkpoint {ckpt} it is made from: choose another "
+                         f"output folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace its files")
     # torch.load(weights_only=True): nothing in the file runs; the training-only fields (dropout, ...) at defaults

@@ -8,6 +8,7 @@ mean, std, interpolation, crop_pct) and the class names of the checkpoint or wei
 
     vitlab export --model vit_micro_patch4_28 --weights model.safetensors --out model.onnx
     vitlab export --checkpoint runs/fashion_mnist/version_0/checkpoints/last.ckpt --out model.onnx
+    vitlab export --checkpoint ... --out model.onnx --overwrite   # replace model.onnx (never the checkpoint)
 """
 from __future__ import annotations
 
@@ -26,12 +27,38 @@ from vitlab.models.config import ViTConfig
 from vitlab.models.overrides import add_set_argument, parse_overrides
 from vitlab.models.registry import create_model
 from vitlab.models.vit import VisionTransformer
+from vitlab.run_folder import check_outputs
 
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
 class OnnxExportError(RuntimeError):
     """The model could not be exported with dynamic shapes; the message says why and what to change."""
+
+
+# what the export needs beyond vitlab's own dependencies (the extra vitlab[onnx]); onnxruntime only to verify
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+INSTALL = "pip install onnx onnxscript onnxruntime"
+
+
+def missing_packages(verify: bool = True) -> list[str]:
+    """The packages of :data:`ONNX_PACKAGES` that do not import (``onnxruntime`` only when ``verify``)."""
+    import importlib
+
+    missing = []
+    for name in ONNX_PACKAGES if verify else ONNX_PACKAGES[:2]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def missing_message(missing: Sequence[str]) -> str:
+    """One line naming the missing packages and the command that installs them."""
+    names = ", ".join(repr(m) for m in missing)
+    return (f"ONNX export needs the package{'s' if len(missing) > 1 else ''} {names}, not installed: {INSTALL} "
+            f"(or pip install -e \".[onnx]\" in a vitlab checkout)")
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -74,6 +101,8 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | None = None,
                 input_names=["images"], output_names=["logits"],
                 dynamic_shapes=({0: auto, 2: auto, 3: auto},))
             program.save(str(path))
+    except ImportError as err:  # onnxscript (torch's exporter imports it): not the model's fault
+        raise OnnxExportError(missing_message([err.name or str(err)])) from err
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise OnnxExportError(
@@ -211,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(src)
     src.add_argument("--weights", help="weights file or folder for --model (see vitlab.models.pretrained)")
     src.add_argument("--no-ema", action="store_true", help="export the trained weights, not the EMA copy")
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--out", required=True, help="output .onnx file (never the input; an existing one only with "
+                   "--overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--img-size", type=int, help="side of the example input (default: the model's img_size)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
@@ -223,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     from vitlab.data.stats import values_for_channels
     from vitlab.models.data_config import class_names_of, data_config_of
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # before anything is built: nothing is written over a file that was there
+        check_outputs([args.out], [args.checkpoint, args.weights], args.overwrite)
+    except ValueError as err:
+        parser.error(f"--out: {err}")
+    missing = missing_packages(verify=not args.no_verify)
+    if missing:  # before the model is built: say what to install, never blame the model
+        parser.exit(2, f"vitlab export: error: {missing_message(missing)}\n")
     model = build_model(args.checkpoint, args.model, parse_overrides(args.set), args.weights, ema=not args.no_ema)
     path = export_onnx(model, args.out, img_size=args.img_size, opset=args.opset)
     source = args.checkpoint or args.weights  # a vitlab .ckpt, or weights with a config.json beside them

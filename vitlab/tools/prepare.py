@@ -173,6 +173,7 @@ def image_folder_source(path: str, limit: int | None) -> Source:
     tree of class folders (written as ``train``)."""
     from vitlab.data.image_folder import LAYOUT, ImageFolderDataModule, _FixedClassesImageFolder, class_folders, \
         is_image_file
+    from vitlab.data.scan import SymlinkError
 
     root = os.path.abspath(path)
     if not os.path.isdir(root):
@@ -193,6 +194,8 @@ def image_folder_source(path: str, limit: int | None) -> Source:
             raise PrepareError(f"{folder} has class folders that {split_roots['train']} lacks: {extra}")
         try:
             samples = _FixedClassesImageFolder(folder, classes, is_valid_file=is_image_file).samples
+        except SymlinkError as e:  # a folder link that loops or repeats images (vitlab.data.scan)
+            raise PrepareError(str(e)) from None
         except FileNotFoundError:  # torchvision: a class folder without image files
             empty = [c for c in classes if not ImageFolderDataModule._has_images(os.path.join(folder, c))]
             more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""

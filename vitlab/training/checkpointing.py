@@ -7,8 +7,11 @@
 * :class:`LastCheckpoint` keeps ``last.ckpt`` fresh: every N training steps (or minutes) and after every
   validation, so a kill mid-epoch loses at most N steps.
 * :class:`ResumeState` saves the global torch/CUDA/numpy/``random`` states (dropout, drop path, mixup draw from
-  them) and puts them back right before the first resumed training step, and makes sure the training loader
-  continues from its place in the epoch.
+  them) and puts them back right before the first resumed training step, makes sure the training loader
+  continues from its place in the epoch, logs the resumed steps under their own step numbers, and starts the
+  learning-rate schedule rebuilt for today's budget at the resumed step.
+* :func:`budget_reached` says why a resume would train nothing; :func:`check_checkpoint_dirs` refuses a new run
+  whose checkpoints would land among another run's.
 
 Together with the training loader of ``vitlab.data.resumable`` (which saves its place in the epoch), a resumed
 CPU run with ``trainer.deterministic: true`` ends with the same weights, bit for bit, as an uninterrupted one.
@@ -32,6 +35,11 @@ class NonFiniteCheckpointError(ValueError):
     """A checkpoint about to be written holds NaN or infinite weights."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, a read-only folder): ``filename`` is the
+    checkpoint, ``errno`` the reason. The file at that path before the write is untouched."""
+
+
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors of ``state_dict`` with a NaN or an infinity."""
     return [k for k, v in state_dict.items()
@@ -43,6 +51,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Raises:
         NonFiniteCheckpointError: The checkpoint's ``state_dict`` has non-finite weights; nothing is written.
+        CheckpointWriteError: The write failed (full disk, read-only folder); its temporary file is removed.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -68,8 +77,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            raise CheckpointWriteError(cause.errno, cause.strerror, str(path)) from err
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file
         _fsync_dir(path.parent)
 
     def remove_checkpoint(self, path: Any) -> None:
@@ -77,6 +91,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().remove_checkpoint(path)
         else:
             Path(str(path).removeprefix("file://")).unlink(missing_ok=True)
+
+
+def _os_error(err: BaseException) -> Optional[OSError]:
+    """The ``OSError`` (with an errno) that ``err`` is or was raised while handling, if any."""
+    while err is not None and not (isinstance(err, OSError) and err.errno is not None):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _is_remote(path: Any) -> bool:
@@ -147,11 +168,21 @@ class ResumeState(Callback):
       loading the loop state, but ``ImageClassifier.configure_optimizers`` asks for
       ``estimated_stepping_batches``, which builds it before. Applied at ``on_fit_start``, before the first
       batch is fetched (the loader starts lazily); applying it twice is harmless.
+    * The loggers' step: Lightning counts it apart from ``global_step`` and, resuming a ``max_steps`` run from a
+      checkpoint written at an epoch's end, counts one batch too many (the resumed steps would be logged one step
+      late, leaving a hole). Its offset to ``global_step`` is saved and put back at the first resumed batch; this
+      callback must come before any that logs in ``on_train_batch_start`` (the CLI puts it first).
+    * The learning rate of the first resumed step: the schedule is rebuilt for today's budget
+      (``configure_optimizers``), but the restored optimizer holds the rate the old schedule gave; a ``LambdaLR``'s
+      rate is recomputed at ``on_train_start`` (the same value when the budget is unchanged).
     """
 
     def __init__(self) -> None:
         self._rng: dict[str, Any] | None = None
         self._loaders: list[dict[str, Any]] = []
+        self._log_offset: Optional[int] = None  # loaded: logger step - global_step, to put back
+        self._offset_now = 0  # the same, measured at the start of the latest batch
+        self._resumed = False
 
     @property
     def state_key(self) -> str:
@@ -162,13 +193,15 @@ class ResumeState(Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(states, state)
-            return {"rng": states}
-        return {"rng": [state]}
+            return {"rng": states, "log_offset": self._offset_now}
+        return {"rng": [state], "log_offset": self._offset_now}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("rng") or []
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self._rng = ranks[rank] if rank < len(ranks) else None  # another world size: not restorable
+        self._log_offset = state_dict.get("log_offset")  # None in checkpoints written before it was saved
+        self._resumed = True
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -181,8 +214,27 @@ class ResumeState(Callback):
             trainer.fit_loop._combined_loader._load_state_dicts(self._loaders)
         self._loaders = []
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._resumed:
+            return
+        for config in trainer.lr_scheduler_configs:  # the rebuilt schedule's rate at the resumed step
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                rates = [base * fn(scheduler.last_epoch) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+                for group, lr in zip(scheduler.optimizer.param_groups, rates):
+                    if isinstance(group["lr"], torch.Tensor):
+                        group["lr"].fill_(lr)
+                    else:
+                        group["lr"] = lr
+                scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if self._log_offset is not None:  # the first resumed batch: logged at its own step
+            loop._batches_that_stepped = trainer.global_step + self._log_offset
+            self._log_offset = None
+        self._offset_now = loop._batches_that_stepped - trainer.global_step
         if self._rng is not None:
             _set_rng_state(self._rng)
             self._rng = None
@@ -207,6 +259,74 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def budget_reached(ckpt_path: str, max_steps: Optional[int], max_epochs: Optional[int],
+                   max_time: Any = None) -> Optional[str]:
+    """Why a fit resumed from ``ckpt_path`` with these trainer limits would train nothing (one line), or None.
+
+    Lightning would start, find its loop done and exit 0 in silence; the limits are read as it reads them
+    (``max_epochs`` None means 1000, or no limit when ``max_steps`` or ``max_time`` is set).
+    """
+    if not ckpt_path or "://" in str(ckpt_path):
+        return None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    fit = (ckpt.get("loops") or {}).get("fit_loop")
+    if not fit:  # weights only: a new schedule of training, nothing to compare
+        return None
+    step = int(ckpt.get("global_step", 0))
+    max_steps = -1 if max_steps is None else max_steps
+    if max_epochs is None:
+        max_epochs = 1000 if max_steps == -1 and max_time is None else -1
+    epochs = fit.get("epoch_progress", {}).get("current", {})
+    done = int(epochs.get("processed", 0))
+    if int(epochs.get("started", 0)) > done and fit.get("epoch_loop.batch_progress", {}).get("is_last_batch"):
+        done += 1  # written after the epoch's last batch, before Lightning counted the epoch
+    where = f"{ckpt_path} is at step {step} after {done} epoch(s)"
+    if max_steps != -1 and step >= max_steps:
+        return f"{where}, and trainer.max_steps is {max_steps}: raise trainer.max_steps to train more"
+    if max_epochs != -1 and done >= max_epochs:
+        return f"{where}, and trainer.max_epochs is {max_epochs}: raise trainer.max_epochs to train more"
+    if max_time is not None:
+        from lightning.pytorch.callbacks import Timer
+
+        limit = Timer(duration=max_time)._duration  # "DD:HH:MM:SS", a timedelta or a dict, as the Trainer takes
+        elapsed = next((float(v["time_elapsed"].get("train", 0)) for k, v in (ckpt.get("callbacks") or {}).items()
+                        if str(k).startswith("Timer") and isinstance(v, dict) and "time_elapsed" in v), 0.0)
+        if limit is not None and elapsed >= limit:
+            return (f"{where} and {elapsed:.0f} s of training, and trainer.max_time is {limit:.0f} s: raise "
+                    f"trainer.max_time to train more")
+    return None
+
+
+def checkpoint_dir(callback: ModelCheckpoint, trainer: L.Trainer) -> str:
+    """The folder ``callback`` will write into: its ``dirpath``, else Lightning's choice (the first logger's
+    ``save_dir/name/version/checkpoints``, else ``default_root_dir/checkpoints``)."""
+    if callback.dirpath is not None:
+        return str(callback.dirpath)
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return os.path.join(save_dir, str(logger.name), version, "checkpoints")
+    return os.path.join(trainer.default_root_dir, "checkpoints")
+
+
+def check_checkpoint_dirs(trainer: L.Trainer, ckpt_path: Optional[str]) -> None:
+    """Raise ``ValueError`` (one line, naming the folder) when a checkpoint callback of this fit would write into a
+    folder that already holds ``.ckpt`` files and the fit does not resume from a checkpoint in that folder: a new
+    run would replace another run's ``last.ckpt`` or mix its best checkpoints with them."""
+    resumed_in = Path(ckpt_path).resolve().parent if ckpt_path and "://" not in str(ckpt_path) else None
+    for callback in trainer.checkpoint_callbacks:
+        folder = checkpoint_dir(callback, trainer)
+        if _is_remote(folder) or not os.path.isdir(folder) or Path(folder).resolve() == resumed_in:
+            continue
+        found = sorted(p.name for p in Path(folder).glob("*.ckpt"))
+        if found:
+            raise ValueError(
+                f"checkpoint folder {folder} already holds checkpoints of another run ({found[0]}"
+                f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}) and this fit does not resume from it: "
+                f"give an empty dirpath, or resume with --ckpt_path {os.path.join(folder, found[0])}")
 
 
 class CheckpointMismatchError(ValueError):
@@ -240,5 +360,6 @@ def check_checkpoint_fits(module: Any, state: dict[str, torch.Tensor], hparams: 
         f"{len(shapes)} tensors differ in shape (checkpoint vs model), e.g. {shapes[0]}")
 
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumeState", "NonFiniteCheckpointError", "nonfinite_tensors",
-           "CheckpointMismatchError", "check_checkpoint_fits"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumeState", "NonFiniteCheckpointError", "CheckpointWriteError",
+           "nonfinite_tensors", "CheckpointMismatchError", "check_checkpoint_fits", "budget_reached", "checkpoint_dir",
+           "check_checkpoint_dirs"]

@@ -360,6 +360,9 @@ class ImageClassifier(L.LightningModule):
             raise ValueError("the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps")
         accumulate = trainer.accumulate_grad_batches
         batches = trainer.num_training_batches  # inf when max_steps comes without max_epochs: the loader's length
+        if not math.isfinite(batches) and trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # Lightning skips loading it for max_epochs -1: warmup counts real epochs,
+            batches = trainer.num_training_batches  # not fractions of max_steps (which a resume could enlarge)
         if not math.isfinite(batches):
             batches = len(trainer.train_dataloader) if hasattr(trainer.train_dataloader, "__len__") else total_steps
         steps_per_epoch = max(1, math.ceil(batches / accumulate))
@@ -389,7 +392,9 @@ class ImageClassifier(L.LightningModule):
         optimizer = create_optimizer_v2(groups, opt=opt.name, lr=self.lr, weight_decay=opt.weight_decay,
                                         momentum=opt.momentum, betas=tuple(opt.betas), **extra)
 
-        # 3. warmup then cosine, per optimizer step
+        # 3. warmup then cosine, per optimizer step. A resume lays it out again over today's total (a larger
+        #    max_steps/max_epochs stretches the cosine; warmup is not repeated) and goes on at the resumed step
+        #    (ResumeState applies the new rate from the first resumed step)
         warmup_steps = round(self.schedule.warmup_epochs * steps_per_epoch)
         schedule = partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=int(total_steps),
                            min_ratio=min(1.0, self.schedule.min_lr / self.lr))
