@@ -49,33 +49,32 @@ def plot_all(results: list[Result], out: Path) -> None:
         row[1].set(xlabel="training wall-clock (s)", ylabel="val acc1 (%)", title=f"{title}: vs wall-clock")
     _finish(fig, axes.ravel(), out / "accuracy_curves.png")
 
-    by_recipe: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
-    for (size, opt, lr), rows in cells.items():
-        for tok, rs in rows.items():
-            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = [100 * r["test_acc1"] for r in rs]
-    fig, axes = plt.subplots(1, len(by_recipe), figsize=(5.5 * len(by_recipe), 4), squeeze=False)
-    for ax, ((opt, lr), toks) in zip(axes[0], sorted(by_recipe.items())):
-        for tok, points in toks.items():
-            xs = sorted(points)
-            seeds = min(len(points[x]) for x in xs)
-            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, tok)
-        ax.set(xscale="log", xlabel="training images", ylabel="test acc1 (%)",
-               title=f"accuracy vs data size ({opt} lr {lr:g})")
-    _finish(fig, axes.ravel(), out / "accuracy_vs_data_size.png")
-
+    by_recipe: dict[tuple, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     by_size: dict[Any, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     for (size, opt, lr), rows in cells.items():
         for tok, rs in rows.items():
-            by_size[size][f"{tok} ({opt})"][lr] = [100 * r["test_acc1"] for r in rs]
-    fig, axes = plt.subplots(1, len(by_size), figsize=(5.5 * len(by_size), 4), squeeze=False)
-    for ax, (size, lines) in zip(axes[0], sorted(by_size.items(), key=lambda kv: kv[0] or 1e12)):
+            accs = [100 * r["test_acc1"] for r in rs]
+            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = accs
+            by_size[size][f"{tok} ({opt})"][lr] = accs
+    panels = [(f"accuracy vs data size ({opt} lr {lr:g})", lines) for (opt, lr), lines in sorted(by_recipe.items())]
+    _x_plot(panels, "training images", out / "accuracy_vs_data_size.png")
+    panels = [(f"lr stability, {size_label(size)} images", lines)
+              for size, lines in sorted(by_size.items(), key=lambda kv: kv[0] or 1e12)]
+    _x_plot(panels, "base learning rate", out / "lr_sweep.png")
+
+
+def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabel: str, path: Path) -> None:
+    """One panel per ``(title, {label: {x: test accuracies over seeds}})``: a band per label, log x."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels):
         for label, points in lines.items():
             xs = sorted(points)
             seeds = min(len(points[x]) for x in xs)
-            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, label)
-        ax.set(xscale="log", xlabel="base learning rate", ylabel="test acc1 (%)",
-               title=f"lr stability, {size_label(size)} images")
-    _finish(fig, axes.ravel(), out / "lr_sweep.png")
+            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, label)  # (seeds, points)
+        ax.set(xscale="log", xlabel=xlabel, ylabel="test acc1 (%)", title=title)
+    _finish(fig, axes.ravel(), path)
 
 
 def _finish(fig: Any, axes: Any, path: Path) -> None:
