@@ -135,7 +135,7 @@ def _stat(path: str | Path) -> Optional[os.stat_result]:
 def default_run_name(config: Any) -> str:
     data = str(config.data.class_path).rsplit(".", 1)[-1].removesuffix("DataModule")
     data = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", data).lower()  # FashionMNIST -> fashion_mnist
-    model = config.model.preset or config.model.arch.tokenizer or "vit"
+    model = config.model.get("timm_model") or config.model.preset or config.model.arch.tokenizer or "vit"
     return f"{data}_{model}"
 
 

@@ -157,7 +157,7 @@ def test_arch_takes_a_whole_vit_config():
 
 def test_hyper_parameters_are_the_groups_as_plain_types(tmp_path):
     m = ImageClassifier(arch=TINY, optim={"name": "sgd"}, evaluation={"tta": "flip"}, nonfinite="skip")
-    assert set(m.hparams) == {"preset", "pretrained", *GROUPS, "nonfinite"}
+    assert set(m.hparams) == {"preset", "pretrained", *GROUPS, "timm_model", "timm_kwargs", "nonfinite"}
     assert m.hparams["arch"] == TINY  # only the fields that were set
     assert m.hparams["optim"]["name"] == "sgd" and m.hparams["evaluation"]["tta"] == "flip"
     torch.save(dict(m.hparams), tmp_path / "h.pt")

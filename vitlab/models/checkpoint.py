@@ -150,6 +150,9 @@ def load_checkpoint(path: str | Path, ema: bool = True, overrides: Optional[Mapp
     if not isinstance(hparams, dict):
         raise ValueError(f"{path} has no hyper_parameters: not a checkpoint written by `vitlab fit`; a plain "
                          f"weights file loads with a preset: --model PRESET --weights {path}")
+    if hparams.get("timm_model") is not None:  # a run of model.timm_model: not a vitlab ViT
+        raise ValueError(f"{path} holds timm's {hparams['timm_model']!r} (trained with model.timm_model), not a "
+                         f"vitlab ViT: it serves as model.distill.teacher")
     weights, prefix = network_weights(ckpt["state_dict"], ema)
     if not weights:
         raise ValueError(f"{path}: state_dict has no '{prefix}*' weights of a vitlab model")

@@ -34,18 +34,25 @@ def distillation_loss(student_dist: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 def build_teacher(settings: Distill, num_classes: int, in_chans: int) -> nn.Module:
-    """The teacher ``settings.teacher`` names: a vitlab ``.ckpt`` or a timm model (+ ``teacher_weights``); frozen,
+    """The teacher ``settings.teacher`` names: a ``vitlab fit`` ``.ckpt`` (a vitlab ViT, or a timm model trained with
+    ``model.timm_model``) or a timm model name (+ ``teacher_weights``); frozen,
     in eval mode, with ``num_classes`` outputs."""
     name = settings.teacher
     assert name is not None
     if Path(name).is_file() or name.endswith(".ckpt"):
-        from vitlab.models.checkpoint import load_checkpoint
+        from vitlab.models.checkpoint import load_checkpoint, read_checkpoint
+        from vitlab.training.timm_model import load_timm_checkpoint
         if not Path(name).is_file():
             raise ValueError(f"distill.teacher={name!r}: no such checkpoint")
         if settings.teacher_weights is not None:
             raise ValueError(f"distill.teacher_weights is for a timm teacher; distill.teacher={name!r} is a "
                              f"vitlab checkpoint with its own weights")
-        teacher = load_checkpoint(name).model
+        ckpt = read_checkpoint(name)
+        hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        if isinstance(hparams, dict) and hparams.get("timm_model") is not None:  # a CNN of model.timm_model
+            teacher = load_timm_checkpoint(name, hparams, ckpt.get("state_dict") or {})
+        else:
+            teacher = load_checkpoint(name).model
     else:
         import timm
         if not timm.is_model(name):

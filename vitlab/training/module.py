@@ -38,6 +38,8 @@ from vitlab.training.finetune import apply_trainable, lr_scales
 from vitlab.training.optim import param_groups, use_fused_adamw, warmup_cosine
 from vitlab.training.settings import (MOVED, Distill, Evaluation, Finetune, Optim, Regularization, Schedule, Speed,
                                       as_group, group_dict, moved_message, upgrade_hparams)
+from vitlab.training.timm_model import (DataShape, build_timm_model, check_timm_settings, forward_flops,
+                                        no_weight_decay_names)
 from vitlab.training.tta import TTA_VIEWS, tta_view
 
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices on a typo
@@ -65,6 +67,11 @@ class ImageClassifier(L.LightningModule):
         speed: torch.compile and channels_last (:class:`~vitlab.training.settings.Speed`).
         distill: DeiT distillation from a frozen teacher (:class:`~vitlab.training.settings.Distill`); needs
             ``arch.distilled``.
+        timm_model: Train timm's model of this name instead of a vitlab ViT (e.g. a CNN teacher for ``distill``):
+            ``timm.create_model(timm_model, num_classes=K, in_chans=C, **timm_kwargs)``; the ViT-only settings
+            (``preset``, ``arch`` fields, ``pretrained``, freezing, ``distill``) are refused
+            (:mod:`vitlab.training.timm_model`).
+        timm_kwargs: Keyword arguments of that model (``drop_path_rate``, ``stem_type``, ...).
         nonfinite: What a NaN or infinite training loss does: ``"stop"`` ends training with an error naming
             the step and the value; ``"skip"`` skips that step (no backward, no update), warns, and counts it in
             ``train/skipped_steps``, stopping only after ``MAX_CONSECUTIVE_SKIPS`` skips in a row. Either way no
@@ -83,6 +90,8 @@ class ImageClassifier(L.LightningModule):
         evaluation: Evaluation = Evaluation(),
         speed: Speed = Speed(),
         distill: Distill = Distill(),
+        timm_model: Optional[str] = None,
+        timm_kwargs: Optional[dict[str, Any]] = None,
         nonfinite: Literal["stop", "skip"] = "stop",
         **moved: Any,
     ) -> None:
@@ -105,20 +114,31 @@ class ImageClassifier(L.LightningModule):
             "preset": preset, "pretrained": pretrained, "arch": group_dict(arch), "optim": group_dict(self.optim),
             "schedule": group_dict(self.schedule), "regularization": group_dict(self.regularization),
             "finetune": group_dict(self.finetune), "evaluation": group_dict(self.evaluation),
-            "speed": group_dict(self.speed), "distill": group_dict(self.distill), "nonfinite": nonfinite},
+            "speed": group_dict(self.speed), "distill": group_dict(self.distill), "timm_model": timm_model,
+            "timm_kwargs": dict(timm_kwargs or {}), "nonfinite": nonfinite},
             logger=False)
 
-        # 1. the model: preset + overrides (ViTConfig validates every field)
-        self.cfg: ViTConfig = get_config(preset, **group_dict(arch))
+        # 1. the model: preset + overrides (ViTConfig validates every field), or timm's network of that name (e.g. a
+        #    CNN teacher; the ViT-only settings are refused, cfg holds only the data's shape)
+        self.timm_model = timm_model
+        self._forward_flops: float | None = None
+        if timm_model is not None:
+            check_timm_settings(timm_model, preset, group_dict(arch), pretrained, self.finetune.freezing,
+                                self.distill.teacher)
+            self.cfg: ViTConfig | DataShape = DataShape.from_arch(group_dict(arch))
+        else:
+            self.cfg = get_config(preset, **group_dict(arch))
         if self.cfg.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a classifier, got {self.cfg.num_classes}")
-        self.model = VisionTransformer(self.cfg)
+        if timm_model is not None:
+            self.model = build_timm_model(timm_model, self.cfg.num_classes, self.cfg.in_chans, timm_kwargs)
+        else:
+            self.model = VisionTransformer(self.cfg)
         if pretrained:
             from vitlab.models.pretrained import load_pretrained
             load_pretrained(self.model, pretrained)
         # names (relative to self.model) of the parameters without weight decay, fixed before any wrapping
-        skip = self.model.no_weight_decay()
-        self.no_decay_names = {n for n, p in self.model.named_parameters() if p.ndim <= 1 or n in skip}
+        self.no_decay_names = no_weight_decay_names(self.model)
         self.lr_scales = lr_scales(self.model, self.finetune.layer_decay)  # timm's layer grouping (group_matcher)
         self.ema = None
         if self.regularization.ema_decay is not None:
@@ -181,7 +201,11 @@ class ImageClassifier(L.LightningModule):
     def train_flops_per_sample(self) -> float:
         """Training FLOPs per image, analytic (``vitlab.models.flops``: attention counted, 3 x the forward): the
         throughput callback's FLOP/s and MFU."""
-        return 6.0 * forward_macs(self.cfg)
+        if self.timm_model is None:
+            return 6.0 * forward_macs(self.cfg)
+        if self._forward_flops is None:  # a timm network: counted once by torch's flop counter
+            self._forward_flops = forward_flops(self.model, self.cfg.in_chans, self.cfg.img_hw)
+        return 3.0 * self._forward_flops
 
     @property
     def eval_model(self) -> nn.Module:
@@ -318,7 +342,8 @@ class ImageClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         params = {f"model/{k}": v for k, v in self.hparams.items()}  # groups: flattened by the loggers
-        params.update({f"model/resolved/{k}": v for k, v in self.cfg.to_dict().items()})
+        if self.timm_model is None:
+            params.update({f"model/resolved/{k}": v for k, v in self.cfg.to_dict().items()})
         for logger in self.loggers:
             logger.log_hyperparams(params)
 
