@@ -8,10 +8,28 @@
 # results.csv. Data and recipe are `vitlab compare`'s (docs/compare.md): the seeded 1,000-image subset, validation on
 # 1,000 held-out training images, test on 1,000 test images, batch 64, AdamW at 8e-3 per 512, 3 warmup epochs, label
 # smoothing 0.1, 60 epochs. DATA_DIR: the Fashion-MNIST folder (default data/, downloaded there when missing).
+#   bash docs/results/distill_1000/run.sh summary      # mean +- std per arm (student: teacher's seconds added)
 set -euo pipefail
-seed=$1 arm=$2
 here=$(cd "$(dirname "$0")" && pwd)
 runs=${RUNS:-runs/distill_1000} results=${RESULTS:-$here/results.csv}
+if [ "${1:-}" = summary ]; then
+  exec python - "$results" <<'PY'
+import csv, statistics as st, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+teacher = {r["seed"]: float(r["fit_seconds"]) for r in rows if r["arm"] == "teacher"}
+arms = {}
+for r in rows:
+    total = float(r["fit_seconds"]) + (teacher.get(r["seed"], float("nan")) if r["arm"] == "student" else 0.0)
+    arms.setdefault((r["arm"], r["epochs"]), []).append((100 * float(r["test_acc1"]), total, r["seed"]))
+for (arm, epochs), v in sorted(arms.items()):
+    acc, sec = [a for a, _, _ in v], [t for _, t, _ in v]
+    sd = lambda x: st.stdev(x) if len(x) > 1 else float("nan")
+    print(f"{arm:8s} {epochs:>3s} epochs, seeds {','.join(s for *_, s in v)}: test acc1 {st.mean(acc):.2f} +- "
+          f"{sd(acc):.2f} %, wall-clock {st.mean(sec):.0f} +- {sd(sec):.0f} s" + (" (teacher's fit included)"
+          if arm == "student" else ""))
+PY
+fi
+seed=$1 arm=$2
 data=(--data vitlab.data.FashionMNISTDataModule --data.data_dir "${DATA_DIR:-data}" --data.batch_size 64
       --data.num_workers 0 --data.train_subset 1000 --data.eval_subset 1000)
 common=(--trainer.accelerator cpu --trainer.devices 1 --trainer.precision 32-true --trainer.enable_progress_bar false
