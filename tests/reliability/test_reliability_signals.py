@@ -20,7 +20,9 @@ def _fit(runs, *extra) -> list[str]:
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2", "--last_every_n_steps", "2", "--runs_dir", str(runs), "--run_name", "sig", *extra]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+# SIGTERM (what schedulers and `kill` send) in the default run; SIGINT and SIGUSR1 take the same path (slow tier)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
 def test_a_signal_writes_last_ckpt_exits_non_zero_and_the_run_resumes(tmp_path, fashion_mnist_available, sig):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(_fit(runs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

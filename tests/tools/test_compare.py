@@ -86,12 +86,12 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
 
 
 def test_data_size_and_lr_axes(tmp_path, capsys):
-    result = main(TINY + ["--tokenizers", "patch", "conv", "--seeds", "0", "--train-sizes", "64", "256",
+    result = main(TINY + ["--tokenizers", "conv", "--seeds", "0", "--train-sizes", "64", "256",
                           "--epochs", "2", "1", "--sweep", "adamw=1e-3,4e-3", "--out", str(tmp_path)])
-    assert len(result["results"]) == 2 * 2 * 2
+    assert len(result["results"]) == 2 * 2  # sizes x lrs (the tokenizer axis: test_compare_runs_reports_and_resumes)
     by_id = {(r["size"], r["lr"], r["tokenizer"]): r for r in result["results"]}
     assert by_id[(64, 1e-3, "conv")]["train_images"] == 64 and len(by_id[(64, 1e-3, "conv")]["history"]) == 2
-    assert len(by_id[(256, 4e-3, "patch")]["history"]) == 1
+    assert len(by_id[(256, 4e-3, "conv")]["history"]) == 1
     table = (tmp_path / "results.md").read_text()
     assert "### 64 training images, adamw lr 0.001" in table and "### 256 training images, adamw lr 0.004" in table
     assert "### Learning-rate stability" in table and "best − worst" in table
