@@ -130,10 +130,8 @@ class ImageClassifier(L.LightningModule):
             self.cfg = get_config(preset, **group_dict(arch))
         if self.cfg.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a classifier, got {self.cfg.num_classes}")
-        if timm_model is not None:
-            self.model = build_timm_model(timm_model, self.cfg.num_classes, self.cfg.in_chans, timm_kwargs)
-        else:
-            self.model = VisionTransformer(self.cfg)
+        self.model = (VisionTransformer(self.cfg) if timm_model is None else
+                      build_timm_model(timm_model, self.cfg.num_classes, self.cfg.in_chans, timm_kwargs))
         if pretrained:
             from vitlab.models.pretrained import load_pretrained
             load_pretrained(self.model, pretrained)

@@ -89,7 +89,7 @@ def forward_flops(model: nn.Module, in_chans: int, hw: tuple[int, int]) -> float
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, in_chans, *hw))
+            model(torch.zeros(1, in_chans, *hw, device=next(model.parameters()).device))  # where the model is
     finally:
         model.train(was_training)
     return float(counter.get_total_flops())
