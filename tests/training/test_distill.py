@@ -75,6 +75,28 @@ def test_fit_with_a_frozen_timm_teacher_that_stays_out_of_the_checkpoint(tmp_pat
     assert {"model.dist_token", "model.head_dist.weight"} <= set(state)
 
 
+def test_a_student_without_a_distillation_token_takes_both_losses_on_its_one_head(tmp_path):
+    # CCT's sequence pooling has no class token to put a distillation token beside: DeiT's "usual distillation"
+    arch = dict(TINY, distilled=False, tokenizer="cct", pool="seq")
+    module = ImageClassifier(arch=arch, distill={"teacher": "resnet10t", "kind": "hard", "alpha": 0.25},
+                             schedule={"warmup_epochs": 0.0})
+    assert not module.model.distilled_training
+    x, y = next(iter(loader(8)))
+    module.train()
+    logits = module.model(x)
+    assert logits.shape == (8, 10)  # one head, also in training
+    loss, base, distill = module.distiller.loss(x, logits, logits, y, module.train_loss)
+    teacher_top = module.distiller.teacher(x).argmax(1)
+    torch.testing.assert_close(distill, F.cross_entropy(logits, teacher_top))
+    torch.testing.assert_close(loss, 0.75 * base + 0.25 * distill)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, loader(), loader(16))
+    assert math.isfinite(trainer.callback_metrics["train/loss_distill"].item())
+    assert "val/acc1" in trainer.callback_metrics
+
+
 def test_a_vitlab_checkpoint_teacher(tmp_path):
     module = ImageClassifier(arch=TINY)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
@@ -96,8 +118,6 @@ def test_a_vitlab_checkpoint_teacher(tmp_path):
     (dict(distill={"tau": 0.0}), r"distill.tau must be a number in \(0, inf\), got 0.0"),
     (dict(distill={"teacher_weights": "w.pth"}), r"distill.teacher_weights='w.pth' needs distill.teacher"),
     (dict(distill={"teacher": "no_such_model_x"}), r"distill.teacher='no_such_model_x' is neither"),
-    (dict(distill={"teacher": "resnet10t"}, arch={**TINY, "distilled": False}),
-     r"distill.teacher='resnet10t' needs a distilled student: set model.arch.distilled: true"),
     (dict(distill={"temperature": 2.0}), r"unknown key\(s\) \['temperature'\] in model.distill"),
 ])
 def test_bad_settings_are_one_line_errors_naming_the_field(kwargs, named):

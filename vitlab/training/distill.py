@@ -1,5 +1,6 @@
 """DeiT's hard and soft distillation (Touvron et al. 2021): a frozen teacher's logits supervise the distillation
-head of a distilled ViT (``ViTConfig.distilled``), the labels its class head.
+head of a distilled ViT (``ViTConfig.distilled``), the labels its class head; a model without the distillation
+token takes both terms on its one head.
 
 loss = (1 - alpha) * base(class head, labels) + alpha * distill(distillation head, teacher), with distill as DeiT's
 ``DistillationLoss`` (facebookresearch/deit, losses.py):

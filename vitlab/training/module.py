@@ -65,8 +65,8 @@ class ImageClassifier(L.LightningModule):
         finetune: Layer decay, freezing, gradual unfreezing (:class:`~vitlab.training.settings.Finetune`).
         evaluation: Test-time augmentation and top-k of predictions (:class:`~vitlab.training.settings.Evaluation`).
         speed: torch.compile and channels_last (:class:`~vitlab.training.settings.Speed`).
-        distill: DeiT distillation from a frozen teacher (:class:`~vitlab.training.settings.Distill`); needs
-            ``arch.distilled``.
+        distill: DeiT distillation from a frozen teacher (:class:`~vitlab.training.settings.Distill`), on the
+            distillation head with ``arch.distilled``, else on the one head (any pooling, e.g. CCT's seqpool).
         timm_model: Train timm's model of this name instead of a vitlab ViT (e.g. a CNN teacher for ``distill``):
             ``timm.create_model(timm_model, num_classes=K, in_chans=C, **timm_kwargs)``; the ViT-only settings
             (``preset``, ``arch`` fields, ``pretrained``, freezing, ``distill``) are refused
@@ -153,13 +153,12 @@ class ImageClassifier(L.LightningModule):
         else:
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=reg.label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
-        # DeiT distillation: the teacher supervises head_dist (training only; evaluation averages the two heads)
+        # DeiT distillation: the teacher supervises head_dist (training only; evaluation averages the two heads);
+        # a student without a distillation token takes both losses on its one head (DeiT's "usual distillation")
         self.distiller: Distiller | None = None
         if self.distill.teacher is not None:
-            if not self.cfg.distilled:
-                raise ValueError(f"distill.teacher={self.distill.teacher!r} needs a distilled student: set "
-                                 f"model.arch.distilled: true")
-            self.model.set_distilled_training(True)  # training forward: (class head, distillation head)
+            if self.cfg.distilled:
+                self.model.set_distilled_training(True)  # training forward: (class head, distillation head)
             self.distiller = Distiller(self.distill, K, self.cfg.in_chans)
 
         # 3. metrics: one collection, cloned per stage so each keeps its own state (synced under DDP)
@@ -233,7 +232,8 @@ class ImageClassifier(L.LightningModule):
                 x, y = x[:-1], y[:-1]
             x, target = self.mixup_fn(x, y)  # target: (B, K) soft labels
         if self.distiller is not None:  # the teacher sees the same (mixed) images
-            logits, logits_dist = self.model(x)  # (B, K) each
+            out = self.model(x)  # (B, K) each: (class head, distillation head), or the one head twice
+            logits, logits_dist = out if self.cfg.distilled else (out, out)
             loss, base, distill = self.distiller.loss(x, logits, logits_dist, target, self.train_loss)
             logits = (logits + logits_dist) / 2  # metrics on the averaged heads, as evaluation
         else:

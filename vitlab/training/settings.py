@@ -180,8 +180,9 @@ class Speed:
 
 @dataclass(frozen=True)
 class Distill:
-    """DeiT's distillation through the distillation token (``vitlab.training.distill``); needs
-    ``model.arch.distilled: true``.
+    """DeiT's distillation (``vitlab.training.distill``): through the distillation token and its head with
+    ``model.arch.distilled: true``; without it, the distillation loss goes to the model's one head beside the
+    label loss (DeiT's "usual distillation", Hinton et al.'s for soft), so any vitlab model can be a student.
 
     Args:
         teacher: A vitlab ``.ckpt`` path, or a timm model name (``timm.create_model(name, pretrained=False,
