@@ -1,5 +1,6 @@
 """`vitlab compare` on real data (scikit-learn digits), tiny: report, plots, per-run results, resume (between runs
 and inside a killed run), the data-size and learning-rate axes, the plan printed before training."""
+import argparse
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ import pytest
 import vitlab
 from vitlab.models.flops import forward_macs
 from vitlab.tools.compare import main, matched_configs
-from vitlab.tools.compare.plan import RunSpec, make_grid, parse_sweep
-from vitlab.tools.compare.report import last_quarter_gain
+from vitlab.tools.compare.plan import RunSpec, make_grid, parse_epochs, parse_sweep
+from vitlab.tools.compare.report import last_quarter_gain, write_report
 
 TINY = ["--data", "digits", "--batch-size", "32", "--eval-subset", "64", "--model", "vit_micro_patch4_28"]
 
@@ -34,7 +35,7 @@ def test_matched_configs_share_grid_and_match_flops():
 def test_grid_and_sweep_parsing():
     sweep = parse_sweep(["adamw=3e-4,1e-3", "sgd=0.1"])
     assert sweep == [("adamw", 3e-4), ("adamw", 1e-3), ("sgd", 0.1)]
-    grid = make_grid([100, 1000], [30, 10], sweep, ["patch", "conv"], [0, 1])
+    grid = make_grid([100, 1000], [[30], [10]], sweep, ["patch", "conv"], [0, 1])
     assert len(grid) == 2 * 3 * 2 * 2 and grid[0] == RunSpec(100, 30, "adamw", 3e-4, "patch", 0)
     assert {s.epochs for s in grid if s.size == 1000} == {10}
     assert grid[0].run_id == "n100_e30_adamw_lr0.0003_patch_seed0"
@@ -43,7 +44,41 @@ def test_grid_and_sweep_parsing():
         with pytest.raises(ValueError, match=named):
             parse_sweep(bad)
     with pytest.raises(ValueError, match="one per train size"):
-        make_grid([100, 1000], [3, 4, 5], sweep, ["patch"], [0])
+        make_grid([100, 1000], [[3], [4], [5]], sweep, ["patch"], [0])
+    # several schedules per size: the schedule check, shortest first within a seed
+    grid = make_grid([1000], parse_epochs(["150,60"]), [("adamw", 1e-3)], ["patch"], [0, 1])
+    assert [(s.epochs, s.seed) for s in grid] == [(60, 0), (150, 0), (60, 1), (150, 1)]
+    for bad, named in [(["60,x"], "'60,x'"), (["0"], "must be > 0"), (["60,60"], "not repeated")]:
+        with pytest.raises(ValueError, match=named):
+            parse_epochs(bad)
+
+
+def fake_run(tok: str, seed: int, epochs: int, lr: float, acc: float) -> dict:
+    """A kept run's results as `vitlab compare` writes them (for the report, without training)."""
+    history = [{"epoch": e, "val_acc1": acc * e / epochs, "seconds": 2.0 * e} for e in range(1, epochs + 1)]
+    return {"tokenizer": tok, "seed": seed, "size": 1000, "epochs": epochs, "optimizer": "adamw", "lr": lr,
+            "train_images": 1000, "depth": 6, "params_m": 0.2, "gflops": 0.0236, "history": history,
+            "test_acc1": acc, "final_val_acc1": acc, "best_val_acc1": acc, "train_img_s": 300.0,
+            "infer_img_s": 1000.0, "machine": "test CPU"}
+
+
+def test_the_schedule_check_reports_what_the_longer_schedule_adds(tmp_path):
+    results = [fake_run("patch", s, 60, 8e-3, a) for s, a in [(0, 0.70), (1, 0.72)]]
+    results += [fake_run("patch", s, 150, 8e-3, a) for s, a in [(0, 0.76), (1, 0.78)]]
+    results += [fake_run("cct", s, e, 8e-3, 0.79) for s in (0, 1) for e in (60, 150)]
+    results += [fake_run("patch", s, 60, 2e-3, 0.61) for s in (0, 1)]  # an lr sweep at the short schedule only
+    args = argparse.Namespace(target=0.75)
+    table = write_report(results, tmp_path, args, "header")
+    assert "### 1,000 training images, adamw lr 0.008, 60 epochs" in table
+    assert "### 1,000 training images, adamw lr 0.008, 150 epochs" in table
+    check = table.split("### Schedule check")[1]
+    assert "| 1,000 | adamw 0.008 | patch | 60 epochs: 71 ± 1.4 (2 seeds), 150 epochs: 77 ± 1.4 (2 seeds) | +6.00 |" \
+        in check
+    assert "| cct |" in check and "+0.00 |" in check and "adamw 0.002" not in check  # one schedule: no check
+    stability = table.split("### Learning-rate stability")[1].split("###")[0]
+    assert "| 1,000 | 60 | adamw | patch |" in stability and "| 150 |" not in stability  # one lr at 150 epochs
+    for name in ("accuracy_curves.png", "accuracy_vs_data_size.png", "lr_sweep.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_last_quarter_gain_tells_flat_from_rising():

@@ -3,6 +3,7 @@ sizes, optimizers and learning rates, several seeds each; one report.
 
     vitlab compare --data fashion_mnist --train-sizes 1000 6000 --epochs 60 20 --seeds 0 1 2 --out reports/conv
     vitlab compare --data fashion_mnist --train-sizes 6000 --epochs 20 --sweep adamw=3e-4,1e-3,3e-3,1e-2 sgd=0.03,0.1
+    vitlab compare --data fashion_mnist --train-sizes 1000 --epochs 60,150     # the schedule check
 
 Every tokenizer gets the same encoder width, heads and token grid (``Tokenizer.matching_options``); ``--match flops``
 (default) also drops encoder blocks from the models whose tokenizer costs more until their forward FLOPs are at most
@@ -11,7 +12,9 @@ the patch model's (as Xiao et al. drop one block), ``--match width`` keeps the d
 the plan and its estimated wall-clock (``--plan-only`` stops there). Each run's results are kept in
 ``OUT/runs/<run id>.json`` and each epoch is checkpointed, so a rerun skips finished runs and continues an interrupted
 one at its last epoch. Report: ``OUT/results.md`` and the plots (``accuracy_curves.png``,
-``accuracy_vs_data_size.png``, ``lr_sweep.png``), rebuilt from the kept runs on every call.
+``accuracy_vs_data_size.png``, ``lr_sweep.png``), rebuilt from the kept runs on every call. A curve that flattens
+only shows its schedule ended (a cosine flattens every curve); with several schedules per size (``--epochs 60,150``)
+the report's schedule check says what the longer one still adds: converged when that is within the seed spread.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from typing import Any
 from vitlab.models.overrides import add_set_argument, parse_overrides
 from vitlab.models.registry import get_config
 from vitlab.models.tokenizers import list_tokenizers
-from vitlab.tools.compare.plan import (DATA, RunSpec, budget, machine, make_grid, matched_configs, parse_sweep,
-                                       train_speed)
+from vitlab.tools.compare.plan import (DATA, RunSpec, budget, machine, make_grid, matched_configs, parse_epochs,
+                                       parse_sweep, train_speed)
 from vitlab.tools.compare.report import write_report
 
 __all__ = ["main", "matched_configs", "RunSpec", "DATA"]
@@ -45,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-sizes", type=int, nargs="+", default=None,
                    help="training-set sizes (nested seeded subsets); default: the whole training split")
     p.add_argument("--train-subset", type=int, default=None, help="one training-set size (= --train-sizes N)")
-    p.add_argument("--epochs", type=int, nargs="+", default=[5], help="one value, or one per train size")
+    p.add_argument("--epochs", nargs="+", default=["5"], metavar="EPOCHS[,EPOCHS]",
+                   help="one value, or one per train size; several schedules per size (e.g. 60,150) add the "
+                        "schedule check: what the longer schedule still gains")
     p.add_argument("--sweep", nargs="+", default=None, metavar="OPT=LR[,LR...]",
                    help="optimizers (timm names) and base learning rates to sweep, e.g. adamw=3e-4,1e-3 sgd=0.1; "
                         "default: adamw at --base-lr")
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweep = parse_sweep(args.sweep) if args.sweep else [("adamw", args.base_lr)]
     base = get_config(args.model or DATA[args.data][1], **parse_overrides(args.set))
     configs = matched_configs(base, args.tokenizers, args.match)
-    grid = make_grid(sizes, args.epochs, sweep, args.tokenizers, args.seeds)
+    grid = make_grid(sizes, parse_epochs(args.epochs), sweep, args.tokenizers, args.seeds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     done = {spec: out / "runs" / f"{spec.run_id}.json" for spec in grid}
     todo = [spec for spec in grid if not done[spec].is_file()]

@@ -79,14 +79,31 @@ def parse_sweep(items: list[str]) -> list[tuple[str, float]]:
     return out
 
 
-def make_grid(sizes: list[Optional[int]], epochs: list[int], sweep: list[tuple[str, float]], tokenizers: list[str],
-              seeds: list[int]) -> list[RunSpec]:
-    """Every run, seeds outermost (a partial comparison has every cell at a few seeds), smallest size first."""
+def parse_epochs(items: list[str]) -> list[list[int]]:
+    """``["60,150", "30"]`` -> ``[[60, 150], [30]]``: per train size, one schedule or several (the schedule check:
+    does a longer schedule still raise the end point?)."""
+    out = []
+    for item in items:
+        try:
+            values = [int(e) for e in str(item).split(",")]
+        except ValueError:
+            raise ValueError(f"--epochs {item!r}: write EPOCHS or EPOCHS,EPOCHS (whole numbers), e.g. 60,150") from None
+        if not all(e > 0 for e in values) or len(set(values)) < len(values):
+            raise ValueError(f"--epochs {item!r}: epochs must be > 0 and not repeated")
+        out.append(values)
+    return out
+
+
+def make_grid(sizes: list[Optional[int]], epochs: list[list[int]], sweep: list[tuple[str, float]],
+              tokenizers: list[str], seeds: list[int]) -> list[RunSpec]:
+    """Every run, seeds outermost (a partial comparison has every cell at a few seeds), smallest size and shortest
+    schedule first. ``epochs``: one list of schedules for all sizes, or one per size."""
     if len(epochs) not in (1, len(sizes)):
         raise ValueError(f"--epochs takes one value or one per train size ({len(sizes)}), got {len(epochs)}")
     per_size = dict(zip(sizes, epochs if len(epochs) == len(sizes) else epochs * len(sizes)))
-    return [RunSpec(size, per_size[size], opt, lr, tok, seed)
-            for seed in seeds for size in sizes for opt, lr in sweep for tok in tokenizers]
+    return [RunSpec(size, e, opt, lr, tok, seed)
+            for seed in seeds for size in sizes for e in sorted(per_size[size]) for opt, lr in sweep
+            for tok in tokenizers]
 
 
 def train_speed(cfg: ViTConfig, batch_size: int, steps: int = 4) -> float:

@@ -2,8 +2,9 @@
 
 - ``accuracy_curves.png``: per grid cell, validation acc1 vs epochs and vs training wall-clock (do the curves
   flatten?);
-- ``accuracy_vs_data_size.png``: test acc1 vs training images, a line per tokenizer (per optimizer/lr);
-- ``lr_sweep.png``: test acc1 vs learning rate, a line per tokenizer and optimizer (per train size).
+- ``accuracy_vs_data_size.png``: test acc1 vs training images, a line per tokenizer (per optimizer/lr; a size's
+  longest schedule);
+- ``lr_sweep.png``: test acc1 vs learning rate, a line per tokenizer and optimizer (per train size and schedule).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vitlab.tools.compare.report import cell_of, size_label
+from vitlab.tools.compare.report import cell_of, cell_order, size_label
 
 Result = dict[str, Any]
 
@@ -32,7 +33,7 @@ def plot_all(results: list[Result], out: Path) -> None:
     cells: dict[tuple, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         cells[cell_of(r)][r["tokenizer"]].append(r)
-    keys = sorted(cells, key=lambda c: (c[0] or 1e12, c[1], c[2]))
+    keys = sorted(cells, key=cell_order)
 
     fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys):
@@ -44,23 +45,24 @@ def plot_all(results: list[Result], out: Path) -> None:
             secs = np.array([[h["seconds"] for h in r["history"][:n]] for r in rs])
             _band(row[0], np.array([h["epoch"] for h in rs[0]["history"][:n]]), acc, tok)
             _band(row[1], secs.mean(0), acc, tok)
-        title = f"{size_label(key[0])} images, {key[1]} lr {key[2]:g}"
+        title = f"{size_label(key[0])} images, {key[1]} lr {key[2]:g}, {key[3]} epochs"
         row[0].set(xlabel="epoch", ylabel="val acc1 (%)", title=f"{title}: vs epochs")
         row[1].set(xlabel="training wall-clock (s)", ylabel="val acc1 (%)", title=f"{title}: vs wall-clock")
     _finish(fig, axes.ravel(), out / "accuracy_curves.png")
 
     by_recipe: dict[tuple, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     by_size: dict[Any, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
-    for (size, opt, lr), rows in cells.items():
+    for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):
         for tok, rs in rows.items():
             accs = [100 * r["test_acc1"] for r in rs]
-            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = accs
-            by_size[size][f"{tok} ({opt})"][lr] = accs
+            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = accs  # the longest schedule of a size wins
+            by_size[(size, epochs)][f"{tok} ({opt})"][lr] = accs
     panels = [(f"accuracy vs data size ({opt} lr {lr:g})", lines) for (opt, lr), lines in sorted(by_recipe.items())]
     _x_plot(panels, "training images", out / "accuracy_vs_data_size.png")
-    panels = [(f"lr stability, {size_label(size)} images", lines)
-              for size, lines in sorted(by_size.items(), key=lambda kv: kv[0] or 1e12)]
-    _x_plot(panels, "base learning rate", out / "lr_sweep.png")
+    panels = [(f"lr stability, {size_label(size)} images, {epochs} epochs", lines)
+              for (size, epochs), lines in sorted(by_size.items(), key=lambda kv: (kv[0][0] or 1e12, kv[0][1]))]
+    swept = [p for p in panels if len({lr for line in p[1].values() for lr in line}) > 1]
+    _x_plot(swept or panels, "base learning rate", out / "lr_sweep.png")  # the panels with an lr axis, if any
 
 
 def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabel: str, path: Path) -> None:

@@ -43,8 +43,14 @@ def last_quarter_gain(history: list[dict[str, float]]) -> Optional[float]:
 
 
 def cell_of(r: Result) -> tuple:
-    """The grid cell a run belongs to (all but tokenizer and seed)."""
-    return (r.get("size"), r.get("optimizer", "adamw"), r.get("lr"))
+    """The grid cell a run belongs to (all but tokenizer and seed): (size, optimizer, lr, epochs)."""
+    return (r.get("size"), r.get("optimizer", "adamw"), r.get("lr"), r.get("epochs"))
+
+
+def cell_order(cell: tuple) -> tuple:
+    """Sort key of a cell: the whole split last."""
+    size, opt, lr, epochs = cell
+    return (size or 1e12, opt, lr, epochs)
 
 
 def size_label(size: Optional[int]) -> str:
@@ -75,32 +81,58 @@ def lr_table(results: list[Result]) -> list[str]:
     the spread between the best and the worst lr's mean: smaller = less sensitive to the lr."""
     grid: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
-        grid[(r.get("size"), r.get("optimizer", "adamw"), r["tokenizer"])][r["lr"]].append(100 * r["test_acc1"])
+        key = (r.get("size"), r["epochs"], r.get("optimizer", "adamw"), r["tokenizer"])
+        grid[key][r["lr"]].append(100 * r["test_acc1"])
     lrs = sorted({r["lr"] for r in results})
-    lines = ["| train images | optimizer | tokenizer | " + " | ".join(f"lr {lr:g}" for lr in lrs)
-             + " | best − worst (points) |", "|---|---|---|" + "---|" * (len(lrs) + 1)]
-    for (size, opt, tok), by_lr in grid.items():
+    lines = ["| train images | epochs | optimizer | tokenizer | " + " | ".join(f"lr {lr:g}" for lr in lrs)
+             + " | best − worst (points) |", "|---|---|---|---|" + "---|" * (len(lrs) + 1)]
+    for (size, epochs, opt, tok), by_lr in grid.items():
+        if len(by_lr) < 2:
+            continue  # one lr: nothing to compare (e.g. the longer schedule of a schedule check)
         means = [statistics.mean(v) for v in by_lr.values()]
         cells = [mean_std(by_lr[lr]) if lr in by_lr else "" for lr in lrs]
-        lines.append(f"| {size_label(size)} | {opt} | {tok} | " + " | ".join(cells)
+        lines.append(f"| {size_label(size)} | {epochs} | {opt} | {tok} | " + " | ".join(cells)
                      + f" | {max(means) - min(means):.2f} |")
+    return lines
+
+
+def schedule_table(results: list[Result]) -> list[str]:
+    """The schedule check: test acc1 per (size, optimizer, lr, tokenizer) at each schedule run, and what the longest
+    adds over the shortest. A cosine schedule flattens every curve at its end, so a flat curve alone does not show
+    convergence; a longer schedule that adds no more than the seed spread does. Empty with one schedule per size."""
+    grid: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        grid[(r.get("size"), r.get("optimizer", "adamw"), r["lr"], r["tokenizer"])][r["epochs"]].append(
+            100 * r["test_acc1"])
+    checked = {k: v for k, v in grid.items() if len(v) > 1}
+    if not checked:
+        return []
+    lines = ["| train images | optimizer, lr | tokenizer | test acc1 (%) per schedule | longest − shortest "
+             "(points) |", "|---|---|---|---|---|"]
+    for (size, opt, lr, tok), by_epochs in sorted(checked.items(), key=lambda kv: (kv[0][0] or 1e12,) + kv[0][1:]):
+        epochs = sorted(by_epochs)
+        cells = ", ".join(f"{e} epochs: {mean_std(by_epochs[e])} ({len(by_epochs[e])} seeds)" for e in epochs)
+        gain = statistics.mean(by_epochs[epochs[-1]]) - statistics.mean(by_epochs[epochs[0]])
+        lines.append(f"| {size_label(size)} | {opt} {lr:g} | {tok} | {cells} | {gain:+.2f} |")
     return lines
 
 
 def write_report(results: list[Result], out: Path, args: argparse.Namespace, header: str) -> str:
     """results.md and the PNG plots from ``results``; returns the Markdown."""
     cells: dict[tuple, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
-    for r in sorted(results, key=lambda r: (r.get("size") or 1e12, r.get("optimizer", ""), r["lr"])):
+    for r in sorted(results, key=lambda r: cell_order(cell_of(r))):
         cells[cell_of(r)][r["tokenizer"]].append(r)
     lines = [header, ""]
-    for (size, opt, lr), rows in cells.items():
-        epochs = sorted({r["epochs"] for rs in rows.values() for r in rs})
-        lines += [f"### {size_label(size)} training images, {opt} lr {lr:g}, {'/'.join(map(str, epochs))} epochs",
-                  ""] + cell_table(rows, args.target) + [""]
+    for (size, opt, lr, epochs), rows in cells.items():
+        lines += [f"### {size_label(size)} training images, {opt} lr {lr:g}, {epochs} epochs", ""]
+        lines += cell_table(rows, args.target) + [""]
     if len({r["lr"] for r in results}) > 1:
         lines += ["### Learning-rate stability", ""] + lr_table(results) + [""]
+    if schedule := schedule_table(results):
+        lines += ["### Schedule check: what a longer schedule still adds", ""] + schedule + [""]
     lines += [f"A curve has flattened when the last quarter of its epochs adds < {FLAT_POINTS} points (last-quarter "
-              f"gain). Seconds are this machine's training wall-clock (validation excluded): {results[0]['machine']}."
+              f"gain); a cosine schedule flattens every curve at its end, so convergence is what the schedule check "
+              f"shows (`--epochs 60,150`). Seconds are this machine's training wall-clock (validation excluded): {results[0]['machine']}."
               if results else "No finished runs yet."]
     markdown = "\n".join(lines) + "\n"
     (out / "results.md").write_text(markdown)
