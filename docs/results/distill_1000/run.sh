@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DeiT distillation on 1,000 Fashion-MNIST images at equal wall-clock (docs/training.md#distillation-measured).
+# DeiT distillation on 1,000 Fashion-MNIST images at equal wall-clock (docs/training.md#distillation-measured-does-it-pay-at-equal-wall-clock).
 #   bash docs/results/distill_1000/run.sh SEED teacher|student|baseline [EPOCHS]
 # teacher:  timm's resnet10t (configs/recipes/fashion_mnist_cnn_teacher.yaml), EPOCHS (default 30);
 # student:  ViT-micro with a distillation token, hard distillation from that seed's teacher, EPOCHS (default 60);
