@@ -130,7 +130,7 @@ def test_data_size_and_lr_axes(tmp_path, capsys):
     table = (tmp_path / "results.md").read_text()
     assert "### 64 training images, adamw lr 0.001" in table and "### 256 training images, adamw lr 0.004" in table
     assert "### Learning-rate stability" in table and "best − worst" in table
-    assert table.count("| 256 | adamw | conv |") == 1
+    assert table.count("| 256 | 1 | adamw | conv |") == 1  # one row per (size, schedule, optimizer, tokenizer)
 
 
 def test_plan_only_trains_nothing(tmp_path, capsys):

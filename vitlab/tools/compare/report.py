@@ -132,7 +132,8 @@ def write_report(results: list[Result], out: Path, args: argparse.Namespace, hea
         lines += ["### Schedule check: what a longer schedule still adds", ""] + schedule + [""]
     lines += [f"A curve has flattened when the last quarter of its epochs adds < {FLAT_POINTS} points (last-quarter "
               f"gain); a cosine schedule flattens every curve at its end, so convergence is what the schedule check "
-              f"shows (`--epochs 60,150`). Seconds are this machine's training wall-clock (validation excluded): {results[0]['machine']}."
+              f"shows (`--epochs 60,150`). Seconds are this machine's training wall-clock (validation excluded): "
+              f"{results[0]['machine']}."
               if results else "No finished runs yet."]
     markdown = "\n".join(lines) + "\n"
     (out / "results.md").write_text(markdown)
