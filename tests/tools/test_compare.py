@@ -131,6 +131,18 @@ def test_data_size_and_lr_axes(tmp_path, capsys):
     assert "### 64 training images, adamw lr 0.001" in table and "### 256 training images, adamw lr 0.004" in table
     assert "### Learning-rate stability" in table and "best − worst" in table
     assert table.count("| 256 | 1 | adamw | conv |") == 1  # one row per (size, schedule, optimizer, tokenizer)
+    # another command into the same folder (one cell of that grid) still reports every kept run of these models,
+    # and leaves out a run of another model
+    other = json.loads((tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed0.json").read_text())
+    other["config"]["embed_dim"] = 2 * other["config"]["embed_dim"]
+    (tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed9.json").write_text(json.dumps(other | {"seed": 9}))
+    only = main(TINY + ["--tokenizers", "conv", "--seeds", "0", "--train-sizes", "64", "--epochs", "2",
+                        "--sweep", "adamw=1e-3", "--out", str(tmp_path), "--report-only"])
+    assert "1 of 1 runs finished" in capsys.readouterr().out
+    assert len(only["results"]) == 4 and all(r["seed"] == 0 for r in only["results"])
+    table = (tmp_path / "results.md").read_text()
+    assert "### 256 training images, adamw lr 0.004" in table and "### Learning-rate stability" in table
+    assert "sweep: adamw 0.001, adamw 0.004" in table
 
 
 def test_plan_only_trains_nothing(tmp_path, capsys):

@@ -66,12 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--plan-only", action="store_true", help="print the plan and its estimated time, train nothing")
     p.add_argument("--report-only", action="store_true",
-                   help="rebuild the report from the grid's finished runs, train nothing (runs still missing are named)")
+                   help="rebuild the report from the finished runs, train nothing (the grid's runs still missing are named)")
     p.add_argument("--out", type=Path, default=None)
     return p
 
 
-def _header(args: argparse.Namespace, configs: dict, sweep: list) -> str:
+def kept_runs(out: Path, configs: dict, batch_size: int) -> list[dict[str, Any]]:
+    """Every finished run in ``OUT/runs`` made with these models and batch size, this call's grid or another's (an
+    lr sweep beside a data-size study): the report covers the whole folder; runs of other models are left out."""
+    wanted = {tok: json.loads(json.dumps(cfg.to_dict())) for tok, cfg in configs.items()}  # as kept: tuples are lists
+    results = []
+    for path in sorted((out / "runs").glob("*.json")):
+        r = json.loads(path.read_text())
+        cfg = wanted.get(r.get("tokenizer"))
+        if cfg is not None and r.get("config") == cfg and r.get("batch_size", batch_size) == batch_size:
+            results.append(r)
+    return results
+
+
+def _header(args: argparse.Namespace, configs: dict, results: list[dict[str, Any]]) -> str:
+    sweep = sorted({(r["optimizer"], r["lr"]) for r in results})
     depths = ", ".join(f"{tok} {cfg.depth}" for tok, cfg in configs.items())
     match = "equal FLOPs: tokenizers that cost more lose blocks" if args.match == "flops" else "equal width and depth"
     changes = f" with {', '.join(args.set)}" if args.set else ""
@@ -96,8 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         missing = ", ".join(spec.run_id for spec in todo)
         print(f"report only: {len(grid) - len(todo)} of {len(grid)} runs finished" + (f"; missing: {missing}" if todo
                                                                                        else ""))
-        results = [json.loads(done[spec].read_text()) for spec in grid if spec not in todo]
-        markdown = write_report(results, out, args, _header(args, configs, sweep))
+        results = kept_runs(out, configs, args.batch_size)
+        markdown = write_report(results, out, args, _header(args, configs, results))
         print(markdown)
         return {"results": results, "markdown": markdown, "out": str(out), "todo": todo}
 
@@ -124,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp.replace(done[spec])  # a kill never leaves a half-written result
         print(f"[{i}/{len(todo)}] {spec.run_id}: test acc1 {result['test_acc1']:.4f} ({time.time() - start:.0f} s)",
               flush=True)
-    results = [json.loads(done[spec].read_text()) for spec in grid]
-    markdown = write_report(results, out, args, _header(args, configs, sweep))
+    results = kept_runs(out, configs, args.batch_size)
+    markdown = write_report(results, out, args, _header(args, configs, results))
     print(markdown)
     print(f"report: {out / 'results.md'}, plots: {out}/*.png")
     return {"results": results, "markdown": markdown, "out": str(out)}

@@ -114,7 +114,7 @@ def run_one(cfg: ViTConfig, spec: RunSpec, args: argparse.Namespace, ckpt_root: 
         "train_img_s": recorder.train_samples / max(recorder.train_seconds, 1e-9),
         "infer_img_s": inference_speed(model.model.cpu(), (args.batch_size, cfg.in_chans, cfg.img_size,
                                                             cfg.img_size)),
-        "machine": machine(), "config": cfg.to_dict(),
+        "machine": machine(), "config": cfg.to_dict(), "batch_size": args.batch_size,
     }
     shutil.rmtree(folder, ignore_errors=True)
     return result
