@@ -41,6 +41,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_label() -> str:
+    """``cpu_name()`` plus what tells two CPUs of one name apart, for recorded timings: a VM may hide the model
+    number ("AMD EPYC" has been Zen 1 to Zen 4 here, 3x apart in matmul speed), so the x86 family/model and the
+    widest vector ISA are added, e.g. ``"AMD EPYC (family 23 model 1, avx2)"``."""
+    name, ids = cpu_name(), {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model") and key.strip() not in ids:
+                    ids[key.strip()] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        return name
+    flags = cpu_flags()
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
+    extra = ", ".join(x for x in (f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else "", isa) if x)
+    return f"{name} ({extra})" if extra else name
+
+
 def cpu_flags() -> set[str]:
     """ISA flags from /proc/cpuinfo (x86 ``flags``, arm ``Features``); empty when unreadable."""
     try:
@@ -159,11 +180,11 @@ def default_loader_kwargs() -> dict[str, object]:
 
 
 def device_name(device: str | torch.device) -> str:
-    """'NVIDIA H100 80GB HBM3' or the CPU model."""
+    """'NVIDIA H100 80GB HBM3' or the CPU model (with its family and vector ISA: ``cpu_label``)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return cpu_name()
+    return cpu_label()
 
 
 def datasheet_peak_tflops(name: str, precision: str) -> float | None:

@@ -2,7 +2,6 @@
 the budget printed before anything trains (each tokenizer's training speed measured on this machine first)."""
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import forward_macs, num_tokens
 from vitlab.models.tokenizers import get_tokenizer
+from vitlab.runtime import cpu_label
 
 DATA = {  # name -> (data module class path, default preset of the patch baseline, training images)
     "fashion_mnist": ("vitlab.data.FashionMNISTDataModule", "vit_micro_patch4_28", 54_000),
@@ -137,11 +137,6 @@ def budget(todo: list[RunSpec], speeds: dict[str, float], full_size: int, eval_i
 
 def machine() -> str:
     """CPU model (or GPU name) and torch threads, recorded with every run: wall-clock depends on it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_label()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}"
