@@ -43,7 +43,7 @@ def cpu_name() -> str:
 
 def cpu_label() -> str:
     """``cpu_name()`` plus what tells two CPUs of one name apart, for recorded timings: a VM may hide the model
-    number ("AMD EPYC" has been Zen 1 to Zen 4 here, 3x apart in matmul speed), so the x86 family/model and the
+    number ("AMD EPYC" has been a Zen 1 and a Zen 5 here, 3x apart in matmul speed), so the x86 family/model and the
     widest vector ISA are added, e.g. ``"AMD EPYC (family 23 model 1, avx2)"``."""
     name, ids = cpu_name(), {}
     try:
@@ -58,8 +58,9 @@ def cpu_label() -> str:
         return name
     flags = cpu_flags()
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
-    extra = ", ".join(x for x in (f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else "", isa) if x)
-    return f"{name} ({extra})" if extra else name
+    parts = [f"family {ids['cpu family']} model {ids['model']}"] if len(ids) == 2 else []
+    parts += [isa] if isa else []
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def cpu_flags() -> set[str]:
