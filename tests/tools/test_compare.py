@@ -81,6 +81,32 @@ def test_the_schedule_check_reports_what_the_longer_schedule_adds(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_report_names_each_machine_that_timed_runs(tmp_path):
+    one = [fake_run("patch", s, 10, 8e-3, 0.7) for s in (0, 1)]
+    assert "on test CPU." in write_report(one, tmp_path, argparse.Namespace(target=0.5), "header")
+    other = fake_run("cct", 0, 10, 8e-3, 0.8) | {"machine": "other CPU"}
+    table = write_report(one + [other], tmp_path, argparse.Namespace(target=0.5), "header")
+    assert "test CPU (2 runs); other CPU (1 run)" in table
+    assert "10 epochs (timed on 2 machines: seconds not comparable)" in table
+
+
+def test_data_size_points_never_mix_schedules():
+    from vitlab.tools.compare.plots import data_size_points
+    from vitlab.tools.compare.report import cell_of
+
+    runs = [fake_run(t, 0, 60, 8e-3, a) for t, a in [("patch", 0.70), ("cct", 0.78)]]
+    runs.append(fake_run("patch", 0, 150, 8e-3, 0.76))  # only patch ran the longer schedule
+    cells: dict = {}
+    for r in runs:
+        cells.setdefault(cell_of(r), {}).setdefault(r["tokenizer"], []).append(r)
+    points = data_size_points(cells)[("adamw", 8e-3)]
+    assert points["patch"][1000] == pytest.approx([70.0]) and points["cct"][1000] == pytest.approx([78.0])
+    runs.append(fake_run("cct", 0, 150, 8e-3, 0.81))  # now both did: the longer schedule is the point
+    cells.setdefault(cell_of(runs[-1]), {}).setdefault("cct", []).append(runs[-1])
+    points = data_size_points(cells)[("adamw", 8e-3)]
+    assert points["patch"][1000] == pytest.approx([76.0]) and points["cct"][1000] == pytest.approx([81.0])
+
+
 def test_last_quarter_gain_tells_flat_from_rising():
     rising = [{"val_acc1": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
     flat = [{"val_acc1": a} for a in (0.1, 0.5, 0.7, 0.80, 0.80, 0.801, 0.80, 0.799)]

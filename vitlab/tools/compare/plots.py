@@ -3,7 +3,7 @@
 - ``accuracy_curves.png``: per grid cell, validation acc1 vs epochs and vs training wall-clock (do the curves
   flatten?);
 - ``accuracy_vs_data_size.png``: test acc1 vs training images, a line per tokenizer (per optimizer/lr; a size's
-  longest schedule);
+  longest schedule every tokenizer ran);
 - ``lr_sweep.png``: test acc1 vs learning rate, a line per tokenizer and optimizer (per train size and schedule).
 """
 from __future__ import annotations
@@ -50,19 +50,32 @@ def plot_all(results: list[Result], out: Path) -> None:
         row[1].set(xlabel="training wall-clock (s)", ylabel="val acc1 (%)", title=f"{title}: vs wall-clock")
     _finish(fig, axes.ravel(), out / "accuracy_curves.png")
 
-    by_recipe: dict[tuple, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     by_size: dict[Any, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):
         for tok, rs in rows.items():
-            accs = [100 * r["test_acc1"] for r in rs]
-            by_recipe[(opt, lr)][tok][rs[0]["train_images"]] = accs  # the longest schedule of a size wins
-            by_size[(size, epochs)][f"{tok} ({opt})"][lr] = accs
+            by_size[(size, epochs)][f"{tok} ({opt})"][lr] = [100 * r["test_acc1"] for r in rs]
+    by_recipe = data_size_points(cells)
     panels = [(f"accuracy vs data size ({opt} lr {lr:g})", lines) for (opt, lr), lines in sorted(by_recipe.items())]
     _x_plot(panels, "training images", out / "accuracy_vs_data_size.png")
     panels = [(f"lr stability, {size_label(size)} images, {epochs} epochs", lines)
               for (size, epochs), lines in sorted(by_size.items(), key=lambda kv: (kv[0][0] or 1e12, kv[0][1]))]
     swept = [p for p in panels if len({lr for line in p[1].values() for lr in line}) > 1]
     _x_plot(swept or panels, "base learning rate", out / "lr_sweep.png")  # the panels with an lr axis, if any
+
+
+def data_size_points(cells: dict[tuple, dict[str, list[Result]]]) -> dict[tuple, dict[str, dict[int, list[float]]]]:
+    """Test acc1 (%) per (optimizer, lr) -> tokenizer -> training images, over seeds: for each size the longest
+    schedule that every tokenizer of that size ran, so one size's points never mix schedules."""
+    tokenizers: dict[tuple, set[str]] = defaultdict(set)
+    for (size, opt, lr, _), rows in cells.items():
+        tokenizers[(size, opt, lr)] |= set(rows)
+    points: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):  # shortest first
+        if set(rows) != tokenizers[(size, opt, lr)]:
+            continue  # a schedule only some tokenizers ran (a one-tokenizer schedule check) is not a data-size point
+        for tok, rs in rows.items():
+            points[(opt, lr)][tok][rs[0]["train_images"]] = [100 * r["test_acc1"] for r in rs]
+    return points
 
 
 def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabel: str, path: Path) -> None:

@@ -117,6 +117,18 @@ def schedule_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def machines_note(results: list[Result]) -> str:
+    """Which machine timed the runs: one, or each with its run count (seconds compare only within one machine)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in results:
+        counts[r.get("machine", "unknown")] += 1
+    if len(counts) == 1:
+        return f"Seconds are training wall-clock (validation excluded) on {next(iter(counts))}."
+    runs = "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"Seconds are training wall-clock (validation excluded) on the machine each run recorded: {runs}; compare "
+            f"seconds only within a cell timed on one machine (cells timed on several say so).")
+
+
 def write_report(results: list[Result], out: Path, args: argparse.Namespace, header: str) -> str:
     """results.md and the PNG plots from ``results``; returns the Markdown."""
     cells: dict[tuple, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
@@ -124,7 +136,9 @@ def write_report(results: list[Result], out: Path, args: argparse.Namespace, hea
         cells[cell_of(r)][r["tokenizer"]].append(r)
     lines = [header, ""]
     for (size, opt, lr, epochs), rows in cells.items():
-        lines += [f"### {size_label(size)} training images, {opt} lr {lr:g}, {epochs} epochs", ""]
+        timed_on = {r.get("machine") for rs in rows.values() for r in rs}
+        mixed = f" (timed on {len(timed_on)} machines: seconds not comparable)" if len(timed_on) > 1 else ""
+        lines += [f"### {size_label(size)} training images, {opt} lr {lr:g}, {epochs} epochs{mixed}", ""]
         lines += cell_table(rows, args.target) + [""]
     if len({r["lr"] for r in results}) > 1:
         lines += ["### Learning-rate stability", ""] + lr_table(results) + [""]
@@ -132,8 +146,7 @@ def write_report(results: list[Result], out: Path, args: argparse.Namespace, hea
         lines += ["### Schedule check: what a longer schedule still adds", ""] + schedule + [""]
     lines += [f"A curve has flattened when the last quarter of its epochs adds < {FLAT_POINTS} points (last-quarter "
               f"gain); a cosine schedule flattens every curve at its end, so convergence is what the schedule check "
-              f"shows (`--epochs 60,150`). Seconds are this machine's training wall-clock (validation excluded): "
-              f"{results[0]['machine']}."
+              f"shows (`--epochs 60,150`). " + machines_note(results)
               if results else "No finished runs yet."]
     markdown = "\n".join(lines) + "\n"
     (out / "results.md").write_text(markdown)
