@@ -67,6 +67,7 @@ def test_the_schedule_check_reports_what_the_longer_schedule_adds(tmp_path):
     results += [fake_run("patch", s, 150, 8e-3, a) for s, a in [(0, 0.76), (1, 0.78)]]
     results += [fake_run("cct", s, e, 8e-3, 0.79) for s in (0, 1) for e in (60, 150)]
     results += [fake_run("patch", s, 60, 2e-3, 0.61) for s in (0, 1)]  # an lr sweep at the short schedule only
+    results += [fake_run("conv", s, 60, 8e-3, 0.75) for s in (0, 1)] + [fake_run("conv", 0, 150, 8e-3, 0.801)]
     args = argparse.Namespace(target=0.75)
     table = write_report(results, tmp_path, args, "header")
     assert "### 1,000 training images, adamw lr 0.008, 60 epochs" in table
@@ -74,6 +75,7 @@ def test_the_schedule_check_reports_what_the_longer_schedule_adds(tmp_path):
     check = table.split("### Schedule check")[1]
     assert "| 1,000 | adamw 0.008 | patch | 60 epochs: 71 ± 1.4 (2 seeds), 150 epochs: 77 ± 1.4 (2 seeds) | +6.00 |" \
         in check
+    assert "| conv | 60 epochs: 75 ± 0 (2 seeds), 150 epochs: 80.1 (1 seed) | +5.10 |" in check  # no spread to show
     assert "| cct |" in check and "+0.00 |" in check and "adamw 0.002" not in check  # one schedule: no check
     stability = table.split("### Learning-rate stability")[1].split("###")[0]
     assert "| 1,000 | 60 | adamw | patch |" in stability and "| 150 |" not in stability  # one lr at 150 epochs
@@ -105,6 +107,11 @@ def test_data_size_points_never_mix_schedules():
     cells.setdefault(cell_of(runs[-1]), {}).setdefault("cct", []).append(runs[-1])
     points = data_size_points(cells)[("adamw", 8e-3)]
     assert points["patch"][1000] == pytest.approx([76.0]) and points["cct"][1000] == pytest.approx([81.0])
+    for t, a in [("patch", 0.72), ("cct", 0.80)]:  # a second seed at 60 epochs: 150 (one seed each) is unfinished
+        runs.append(fake_run(t, 1, 60, 8e-3, a))
+        cells[cell_of(runs[-1])][t].append(runs[-1])
+    points = data_size_points(cells)[("adamw", 8e-3)]
+    assert points["patch"][1000] == pytest.approx([70.0, 72.0]) and points["cct"][1000] == pytest.approx([78.0, 80.0])
 
 
 def test_last_quarter_gain_tells_flat_from_rising():

@@ -96,6 +96,11 @@ def lr_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def _seeds_cell(xs: list[float]) -> str:
+    """``"mean ± std (k seeds)"``; one seed has no spread to show: ``"89.1 (1 seed)"``."""
+    return f"{xs[0]:.4g} (1 seed)" if len(xs) == 1 else f"{mean_std(xs)} ({len(xs)} seeds)"
+
+
 def schedule_table(results: list[Result]) -> list[str]:
     """The schedule check: test acc1 per (size, optimizer, lr, tokenizer) at each schedule run, and what the longest
     adds over the shortest. A cosine schedule flattens every curve at its end, so a flat curve alone does not show
@@ -111,7 +116,7 @@ def schedule_table(results: list[Result]) -> list[str]:
              "(points) |", "|---|---|---|---|---|"]
     for (size, opt, lr, tok), by_epochs in sorted(checked.items(), key=lambda kv: (kv[0][0] or 1e12,) + kv[0][1:]):
         epochs = sorted(by_epochs)
-        cells = ", ".join(f"{e} epochs: {mean_std(by_epochs[e])} ({len(by_epochs[e])} seeds)" for e in epochs)
+        cells = ", ".join(f"{e} epochs: {_seeds_cell(by_epochs[e])}" for e in epochs)
         gain = statistics.mean(by_epochs[epochs[-1]]) - statistics.mean(by_epochs[epochs[0]])
         lines.append(f"| {size_label(size)} | {opt} {lr:g} | {tok} | {cells} | {gain:+.2f} |")
     return lines
