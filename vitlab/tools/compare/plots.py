@@ -65,17 +65,23 @@ def plot_all(results: list[Result], out: Path) -> None:
 
 def data_size_points(cells: dict[tuple, dict[str, list[Result]]]) -> dict[tuple, dict[str, dict[int, list[float]]]]:
     """Test acc1 (%) per (optimizer, lr) -> tokenizer -> training images, over seeds: for each size the longest
-    schedule that every tokenizer of that size ran with as many seeds as that size's best-seeded schedule, so one
-    size's points never mix schedules and a schedule still being run (a seed or two) does not replace a finished one."""
+    schedule that every tokenizer of that size ran, so one size's points never mix schedules; among those, a schedule
+    with as many seeds for every tokenizer as the size's best-seeded one wins, so a schedule still being run (a seed
+    or two) does not replace a finished one."""
     tokenizers: dict[tuple, set[str]] = defaultdict(set)
     seeds: dict[tuple, int] = defaultdict(int)
     for (size, opt, lr, _), rows in cells.items():
         tokenizers[(size, opt, lr)] |= set(rows)
         seeds[(size, opt, lr)] = max([seeds[(size, opt, lr)]] + [len(rs) for rs in rows.values()])
-    points: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    best: dict[tuple, tuple[bool, dict[str, list[Result]]]] = {}
     for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):  # shortest first
-        if set(rows) != tokenizers[(size, opt, lr)] or min(map(len, rows.values())) < seeds[(size, opt, lr)]:
-            continue  # a schedule only some tokenizers (or seeds) ran is not a data-size point
+        if set(rows) != tokenizers[(size, opt, lr)]:
+            continue  # a schedule only some tokenizers ran (a one-tokenizer schedule check) is not a data-size point
+        finished = min(map(len, rows.values())) == seeds[(size, opt, lr)]
+        if finished or not best.get((size, opt, lr), (False,))[0]:
+            best[(size, opt, lr)] = (finished, rows)
+    points: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for (_, opt, lr), (_, rows) in best.items():
         for tok, rs in rows.items():
             points[(opt, lr)][tok][rs[0]["train_images"]] = [100 * r["test_acc1"] for r in rs]
     return points
