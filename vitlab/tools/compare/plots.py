@@ -69,20 +69,17 @@ def data_size_points(cells: dict[tuple, dict[str, list[Result]]]) -> dict[tuple,
     with as many seeds for every tokenizer as the size's best-seeded one wins, so a schedule still being run (a seed
     or two) does not replace a finished one."""
     tokenizers: dict[tuple, set[str]] = defaultdict(set)
-    seeds: dict[tuple, int] = defaultdict(int)
     for (size, opt, lr, _), rows in cells.items():
         tokenizers[(size, opt, lr)] |= set(rows)
-        seeds[(size, opt, lr)] = max([seeds[(size, opt, lr)]] + [len(rs) for rs in rows.values()])
-    best: dict[tuple, tuple[bool, dict[str, list[Result]]]] = {}
-    for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):  # shortest first
-        if set(rows) != tokenizers[(size, opt, lr)]:
-            continue  # a schedule only some tokenizers ran (a one-tokenizer schedule check) is not a data-size point
-        finished = min(map(len, rows.values())) == seeds[(size, opt, lr)]
-        if finished or not best.get((size, opt, lr), (False,))[0]:
-            best[(size, opt, lr)] = (finished, rows)
+    schedules: dict[tuple, list[dict[str, list[Result]]]] = defaultdict(list)  # per size, shortest first
+    for (size, opt, lr, epochs), rows in sorted(cells.items(), key=lambda kv: cell_order(kv[0])):
+        if set(rows) == tokenizers[(size, opt, lr)]:  # not a schedule only some tokenizers ran (a schedule check)
+            schedules[(size, opt, lr)].append(rows)
     points: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
-    for (_, opt, lr), (_, rows) in best.items():
-        for tok, rs in rows.items():
+    for (_, opt, lr), candidates in schedules.items():
+        seeds = max(len(rs) for rows in candidates for rs in rows.values())
+        finished = [rows for rows in candidates if min(map(len, rows.values())) == seeds]
+        for tok, rs in (finished or candidates)[-1].items():
             points[(opt, lr)][tok][rs[0]["train_images"]] = [100 * r["test_acc1"] for r in rs]
     return points
 
