@@ -6,7 +6,8 @@
 #   bash docs/results/distill_recipe/run.sh teacher [EPOCHS]     # the recipe's model trained EPOCHS (default 68 = 2x), seed 100
 #   bash docs/results/distill_recipe/run.sh student SEED [KIND]  # the recipe (34 epochs, its max_time hour) distilled, KIND soft|hard
 #   bash docs/results/distill_recipe/run.sh summary              # mean +- std per arm
-# A stopped teacher resumes from its last.ckpt (its time is not counted: its fit_seconds are the last part's only);
+# A stopped teacher resumes from its last.ckpt (its time is not counted: its fit_seconds are the last part's only), a
+# finished and recorded one is left as it is;
 # a student is timed, so it runs in one go.
 # Each finished run appends its fit wall-clock and its test top-1 (last checkpoint, flip TTA and without) to results.csv.
 set -euo pipefail
@@ -37,6 +38,14 @@ case $arm in
            args=(--model.distill.teacher "$teacher" --model.distill.kind "$kind" --model.distill.alpha 0.5) ;;
   *) echo "arm must be teacher, student or summary, got '$arm'" >&2; exit 2 ;;
 esac
+finished() {  # the teacher's last.ckpt holds all its epochs (resuming it would time 0 s of training)
+  local ckpt; ckpt=$(ls "$runs/$name"/version_*/checkpoints/last.ckpt 2> /dev/null | sort -V | tail -1)
+  [ -n "$ckpt" ] && python -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
+sys.exit(c['epoch'] + 1 < int(sys.argv[2]))" "$ckpt" "$epochs"
+}
+if [ "$arm" = teacher ] && grep -q "^teacher,-,$seed,$epochs," "$results" 2> /dev/null && finished; then
+  echo "the teacher is trained ($runs/$name) and recorded in $results; remove its row to record it again" >&2; exit 0
+fi
 start=$(date +%s.%N)
 vitlab fit -c "$recipe" "${args[@]}" --seed_everything "$seed" --runs_dir "$runs" --run_name "$name"
 seconds=$(python -c "import time; print(round(time.time() - $start, 1))")
