@@ -114,6 +114,16 @@ def test_data_size_points_never_mix_schedules():
     assert points["patch"][1000] == pytest.approx([70.0, 72.0]) and points["cct"][1000] == pytest.approx([78.0, 80.0])
 
 
+def test_data_size_plot_keeps_each_points_own_seeds():
+    """A size run with one seed (still being run) must not cut the other sizes' points down to that seed."""
+    from vitlab.tools.compare.plots import point_stats
+
+    xs, mean, lo, hi = point_stats({54000: [91.6], 1000: [81.7, 81.0, 80.3], 6000: [89.1, 88.9, 88.9]})
+    assert xs.tolist() == [1000, 6000, 54000]
+    assert mean == pytest.approx([81.0, 88.9667, 91.6], abs=1e-3)
+    assert lo.tolist() == pytest.approx([80.3, 88.9, 91.6]) and hi.tolist() == pytest.approx([81.7, 89.1, 91.6])
+
+
 def test_last_quarter_gain_tells_flat_from_rising():
     rising = [{"val_acc1": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
     flat = [{"val_acc1": a} for a in (0.1, 0.5, 0.7, 0.80, 0.80, 0.801, 0.80, 0.799)]

@@ -84,6 +84,15 @@ def data_size_points(cells: dict[tuple, dict[str, list[Result]]]) -> dict[tuple,
     return points
 
 
+def point_stats(points: dict[float, list[float]]) -> tuple[np.ndarray, ...]:
+    """``{x: accuracies over seeds}`` -> (x, mean, min, max), each of shape (points,) and sorted by x: every point
+    over all of its own seeds, so a point with fewer seeds (a size still being run) leaves the others' seeds alone."""
+    xs = sorted(points)
+    ys = [np.asarray(points[x], dtype=float) for x in xs]  # per point: (seeds,)
+    return (np.array(xs, dtype=float), np.array([y.mean() for y in ys]), np.array([y.min() for y in ys]),
+            np.array([y.max() for y in ys]))
+
+
 def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabel: str, path: Path) -> None:
     """One panel per ``(title, {label: {x: test accuracies over seeds}})``: a band per label, log x."""
     import matplotlib.pyplot as plt
@@ -91,9 +100,9 @@ def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabe
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels):
         for label, points in lines.items():
-            xs = sorted(points)
-            seeds = min(len(points[x]) for x in xs)
-            _band(ax, np.array(xs), np.array([points[x][:seeds] for x in xs]).T, label)  # (seeds, points)
+            xs, mean, lo, hi = point_stats(points)
+            line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set(xscale="log", xlabel=xlabel, ylabel="test acc1 (%)", title=title)
     _finish(fig, axes.ravel(), path)
 
