@@ -19,10 +19,15 @@ from vitlab.tools.compare.report import cell_of, cell_order, size_label
 Result = dict[str, Any]
 
 
+def _line_band(ax: Any, x: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: str) -> None:
+    """A mean line with its min-max band, all of shape (points,)."""
+    line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
+    ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+
+
 def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str) -> None:
     """Mean line of ``ys`` (seeds, points) with its min-max band."""
-    line, = ax.plot(x, ys.mean(0), marker="o", markersize=3, label=label)
-    ax.fill_between(x, ys.min(0), ys.max(0), alpha=0.2, color=line.get_color())
+    _line_band(ax, x, ys.mean(0), ys.min(0), ys.max(0), label)
 
 
 def plot_all(results: list[Result], out: Path) -> None:
@@ -100,9 +105,7 @@ def _x_plot(panels: list[tuple[str, dict[str, dict[float, list[float]]]]], xlabe
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels):
         for label, points in lines.items():
-            xs, mean, lo, hi = point_stats(points)
-            line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
-            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+            _line_band(ax, *point_stats(points), label)
         ax.set(xscale="log", xlabel=xlabel, ylabel="test acc1 (%)", title=title)
     _finish(fig, axes.ravel(), path)
 
