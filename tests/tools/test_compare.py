@@ -114,6 +114,20 @@ def test_data_size_points_never_mix_schedules():
     assert points["patch"][1000] == pytest.approx([70.0, 72.0]) and points["cct"][1000] == pytest.approx([78.0, 80.0])
 
 
+def test_each_tokenizer_keeps_its_colour_in_every_curve_panel(tmp_path, monkeypatch):
+    """A cell only patchify ran (a schedule check) must not draw patchify in another tokenizer's colour."""
+    from vitlab.tools.compare import plots
+
+    drawn: list[tuple[str, str]] = []
+    monkeypatch.setattr(plots, "_band", lambda ax, x, ys, label, color=None: drawn.append((label, color)))
+    runs = [fake_run(t, 0, 60, 8e-3, a) for t, a in [("patch", 0.70), ("cct", 0.78), ("conv", 0.75)]]
+    runs.append(fake_run("patch", 0, 150, 8e-3, 0.76))
+    plots.plot_all(runs, tmp_path)
+    assert len(drawn) == 8  # two panels per cell: 3 tokenizers at 60 epochs, patch alone at 150
+    assert {label: {c for lab, c in drawn if lab == label} for label, _ in drawn} == {
+        "cct": {"C0"}, "conv": {"C1"}, "patch": {"C2"}}
+
+
 def test_data_size_plot_keeps_each_points_own_seeds():
     """A size run with one seed (still being run) must not cut the other sizes' points down to that seed."""
     from vitlab.tools.compare.plots import point_stats

@@ -19,15 +19,16 @@ from vitlab.tools.compare.report import cell_of, cell_order, size_label
 Result = dict[str, Any]
 
 
-def _line_band(ax: Any, x: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: str) -> None:
+def _line_band(ax: Any, x: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: str,
+               color: str | None = None) -> None:
     """A mean line with its min-max band, all of shape (points,)."""
-    line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
+    line, = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)
     ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
 
 
-def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str) -> None:
+def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, color: str | None = None) -> None:
     """Mean line of ``ys`` (seeds, points) with its min-max band."""
-    _line_band(ax, x, ys.mean(0), ys.min(0), ys.max(0), label)
+    _line_band(ax, x, ys.mean(0), ys.min(0), ys.max(0), label, color)
 
 
 def plot_all(results: list[Result], out: Path) -> None:
@@ -39,17 +40,18 @@ def plot_all(results: list[Result], out: Path) -> None:
     for r in results:
         cells[cell_of(r)][r["tokenizer"]].append(r)
     keys = sorted(cells, key=cell_order)
+    colors = {tok: f"C{i}" for i, tok in enumerate(sorted({r["tokenizer"] for r in results}))}  # one per tokenizer
 
     fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys):
-        for tok, rs in cells[key].items():
+        for tok, rs in sorted(cells[key].items()):  # a cell only some tokenizers ran keeps their colours
             n = min(len(r["history"]) for r in rs)
             if n == 0:
                 continue
             acc = np.array([[100 * h["val_acc1"] for h in r["history"][:n]] for r in rs])  # (seeds, epochs)
             secs = np.array([[h["seconds"] for h in r["history"][:n]] for r in rs])
-            _band(row[0], np.array([h["epoch"] for h in rs[0]["history"][:n]]), acc, tok)
-            _band(row[1], secs.mean(0), acc, tok)
+            _band(row[0], np.array([h["epoch"] for h in rs[0]["history"][:n]]), acc, tok, colors[tok])
+            _band(row[1], secs.mean(0), acc, tok, colors[tok])
         title = f"{size_label(key[0])} images, {key[1]} lr {key[2]:g}, {key[3]} epochs"
         row[0].set(xlabel="epoch", ylabel="val acc1 (%)", title=f"{title}: vs epochs")
         row[1].set(xlabel="training wall-clock (s)", ylabel="val acc1 (%)", title=f"{title}: vs wall-clock")
