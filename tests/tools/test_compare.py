@@ -159,6 +159,7 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
     run = json.loads((tmp_path / "runs" / "n128_e2_adamw_lr0.004_cct_seed1.json").read_text())
     assert len(run["history"]) == 2 and 0 <= run["test_acc1"] <= 1 and run["train_img_s"] > 0
     assert run["train_images"] == 128 and run["machine"]
+    assert run["recipe"] == {"weight_decay": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1, "eval_subset": 64}
     seconds = [h["seconds"] for h in run["history"]]
     assert 0 < seconds[0] < seconds[1]  # training time up to each validation, first epoch included
     assert "epochs to 5 %" in table and "(0/2 runs)" not in table.split("| patch |")[1].split("\n")[0]
@@ -193,6 +194,10 @@ def test_data_size_and_lr_axes(tmp_path, capsys):
     other = json.loads((tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed0.json").read_text())
     other["config"]["embed_dim"] = 2 * other["config"]["embed_dim"]
     (tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed9.json").write_text(json.dumps(other | {"seed": 9}))
+    # ... and a run of these models made with another weight decay (a run id does not name it)
+    wd = json.loads((tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed0.json").read_text())
+    wd["recipe"]["weight_decay"] = 1e-4
+    (tmp_path / "runs" / "n64_e2_adamw_lr0.001_conv_seed8.json").write_text(json.dumps(wd | {"seed": 8}))
     only = main(TINY + ["--tokenizers", "conv", "--seeds", "0", "--train-sizes", "64", "--epochs", "2",
                         "--sweep", "adamw=1e-3", "--out", str(tmp_path), "--report-only"])
     assert "1 of 1 runs finished" in capsys.readouterr().out
@@ -229,3 +234,20 @@ def test_a_killed_run_resumes_at_its_last_epoch(tmp_path):
     assert "resuming from" in done.stdout
     run = json.loads((tmp_path / "runs" / "n512_e4_adamw_lr0.004_patch_seed0.json").read_text())
     assert [h["epoch"] for h in run["history"]] == [1, 2, 3, 4]  # epoch 1 from before the kill, the rest after
+
+
+def test_a_grid_whose_kept_runs_had_another_recipe_is_refused(tmp_path):
+    """Run ids do not name the weight decay: rerunning a grid into its folder with another one must not reuse (and
+    report) the old runs as if they were the new recipe's; it stops before training, naming the file and values."""
+    (tmp_path / "runs").mkdir()
+    kept = tmp_path / "runs" / "n1000_e2_sgd_lr0.4_patch_seed0.json"
+    run = fake_run("patch", 0, 2, 0.4, 0.5) | {"optimizer": "sgd", "recipe": {
+        "weight_decay": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1, "eval_subset": 64}}
+    kept.write_text(json.dumps(run))
+    args = TINY + ["--tokenizers", "patch", "--seeds", "0", "--train-sizes", "1000", "--epochs", "2",
+                   "--sweep", "sgd=0.4", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"n1000_e2_sgd_lr0.4_patch_seed0.json.*--weight-decay 0.0001 \(it was "
+                                         r"trained with 0.05\).*another --out"):
+        main(args + ["--weight-decay", "1e-4", "--report-only"])
+    assert json.loads(kept.read_text()) == run  # nothing kept is lost
+    assert len(main(args + ["--report-only"])["results"]) == 0  # same recipe: accepted (its fake config is not ours)

@@ -11,10 +11,13 @@ the patch model's (as Xiao et al. drop one block), ``--match width`` keeps the d
 (the 1,000 images are among the 6,000). Before training it measures each tokenizer's training speed here and prints
 the plan and its estimated wall-clock (``--plan-only`` stops there). Each run's results are kept in
 ``OUT/runs/<run id>.json`` and each epoch is checkpointed, so a rerun skips finished runs and continues an interrupted
-one at its last epoch. Report: ``OUT/results.md`` and the plots (``accuracy_curves.png``,
-``accuracy_vs_data_size.png``, ``lr_sweep.png``), rebuilt from the kept runs on every call. A curve that flattens
-only shows its schedule ended (a cosine flattens every curve); with several schedules per size (``--epochs 60,150``)
-the report's schedule check says what the longer one still adds: converged when that is within the seed spread.
+one at its last epoch. A run id names size, schedule, optimizer, lr, tokenizer and seed; the rest of the recipe
+(weight decay, warmup, label smoothing, evaluation images) is kept in its JSON, and a grid whose kept runs had another
+recipe is refused before anything trains (write it into another ``--out``). Report: ``OUT/results.md`` and the plots
+(``accuracy_curves.png``, ``accuracy_vs_data_size.png``, ``lr_sweep.png``), rebuilt from the kept runs on every call.
+A curve that flattens only shows its schedule ended (a cosine flattens every curve); with several schedules per size
+(``--epochs 60,150``) the report's schedule check says what the longer one still adds: converged when that is within
+the seed spread.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from vitlab.models.overrides import add_set_argument, parse_overrides
 from vitlab.models.registry import get_config
 from vitlab.models.tokenizers import list_tokenizers
 from vitlab.tools.compare.plan import (DATA, RunSpec, budget, machine, make_grid, matched_configs, parse_epochs,
-                                       parse_sweep, train_speed)
+                                       parse_sweep, recipe, train_speed)
 from vitlab.tools.compare.report import write_report
 
 __all__ = ["main", "matched_configs", "RunSpec", "DATA"]
@@ -71,15 +74,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def kept_runs(out: Path, configs: dict, batch_size: int) -> list[dict[str, Any]]:
-    """Every finished run in ``OUT/runs`` made with these models and batch size, this call's grid or another's (an
-    lr sweep beside a data-size study): the report covers the whole folder; runs of other models are left out."""
+def recipe_clash(kept: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple]:
+    """``{setting: (kept value, this call's value)}`` where a kept run differs from this call; runs kept before the
+    recipe was recorded (no ``"recipe"``) are taken as this call's."""
+    now = recipe(args)
+    return {k: (v, now.get(k)) for k, v in kept.get("recipe", now).items() if v != now.get(k)}
+
+
+def check_done_runs(done: dict[RunSpec, Path], args: argparse.Namespace) -> None:
+    """Refuse, before anything trains, a folder whose finished runs of this grid were made with another recipe:
+    reusing them would report one weight decay's runs under another's."""
+    for spec, path in done.items():
+        if path.is_file() and (clash := recipe_clash(json.loads(path.read_text()), args)):
+            told = ", ".join(f"--{k.replace('_', '-')} {b} (it was trained with {a})" for k, (a, b) in clash.items())
+            raise SystemExit(f"vitlab compare: {path} is this grid's run {spec.run_id}, but this call asks {told}; "
+                             f"a run id does not carry these settings, so write this grid into another --out")
+
+
+def kept_runs(out: Path, configs: dict, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every finished run in ``OUT/runs`` made with these models, batch size and recipe, this call's grid or another's
+    (an lr sweep beside a data-size study): the report covers the whole folder; runs of other models are left out."""
     wanted = {tok: json.loads(json.dumps(cfg.to_dict())) for tok, cfg in configs.items()}  # as kept: tuples are lists
     results = []
     for path in sorted((out / "runs").glob("*.json")):
         r = json.loads(path.read_text())
         cfg = wanted.get(r.get("tokenizer"))
-        if cfg is not None and r.get("config") == cfg and r.get("batch_size", batch_size) == batch_size:
+        if (cfg is not None and r.get("config") == cfg and r.get("batch_size", args.batch_size) == args.batch_size
+                and not recipe_clash(r, args)):
             results.append(r)
     return results
 
@@ -104,13 +125,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = make_grid(sizes, parse_epochs(args.epochs), sweep, args.tokenizers, args.seeds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     done = {spec: out / "runs" / f"{spec.run_id}.json" for spec in grid}
+    check_done_runs(done, args)
     todo = [spec for spec in grid if not done[spec].is_file()]
 
     if args.report_only:
         missing = ", ".join(spec.run_id for spec in todo)
         print(f"report only: {len(grid) - len(todo)} of {len(grid)} runs finished" + (f"; missing: {missing}" if todo
                                                                                        else ""))
-        results = kept_runs(out, configs, args.batch_size)
+        results = kept_runs(out, configs, args)
         markdown = write_report(results, out, args, _header(args, configs, results))
         print(markdown)
         return {"results": results, "markdown": markdown, "out": str(out), "todo": todo}
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp.replace(done[spec])  # a kill never leaves a half-written result
         print(f"[{i}/{len(todo)}] {spec.run_id}: test acc1 {result['test_acc1']:.4f} ({time.time() - start:.0f} s)",
               flush=True)
-    results = kept_runs(out, configs, args.batch_size)
+    results = kept_runs(out, configs, args)
     markdown = write_report(results, out, args, _header(args, configs, results))
     print(markdown)
     print(f"report: {out / 'results.md'}, plots: {out}/*.png")

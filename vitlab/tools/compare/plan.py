@@ -2,10 +2,11 @@
 the budget printed before anything trains (each tokenizer's training speed measured on this machine first)."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -55,6 +56,12 @@ class RunSpec:
     def run_id(self) -> str:
         """The file name of its results: ``n6000_e30_adamw_lr0.001_conv_seed2``."""
         return f"n{self.size or 'all'}_e{self.epochs}_{self.optimizer}_lr{self.lr:g}_{self.tokenizer}_seed{self.seed}"
+
+
+def recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a run id does not name but its result depends on; kept in each run's JSON."""
+    return {"weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs,
+            "label_smoothing": args.label_smoothing, "eval_subset": args.eval_subset}
 
 
 def parse_sweep(items: list[str]) -> list[tuple[str, float]]:

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import model_stats
-from vitlab.tools.compare.plan import DATA, RunSpec, machine
+from vitlab.tools.compare.plan import DATA, RunSpec, machine, recipe
 
 
 class EpochRecorder(L.Callback):
@@ -114,7 +114,7 @@ def run_one(cfg: ViTConfig, spec: RunSpec, args: argparse.Namespace, ckpt_root: 
         "train_img_s": recorder.train_samples / max(recorder.train_seconds, 1e-9),
         "infer_img_s": inference_speed(model.model.cpu(), (args.batch_size, cfg.in_chans, cfg.img_size,
                                                             cfg.img_size)),
-        "machine": machine(), "config": cfg.to_dict(), "batch_size": args.batch_size,
+        "machine": machine(), "config": cfg.to_dict(), "batch_size": args.batch_size, "recipe": recipe(args),
     }
     shutil.rmtree(folder, ignore_errors=True)
     return result
